@@ -1,0 +1,185 @@
+"""Operator settings: a TOML file (``KAREN_CONFIG``) plus environment overrides.
+
+Trust, roles and limits come only from here, never from a plugin.
+See docs/configuration.md for every setting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised by the py310 tox env
+    import tomli as tomllib
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value: str, name: str) -> bool:
+    """Parse a boolean setting strictly: ``1/true/yes/on`` or ``0/false/no/off``.
+
+    Anything else raises :class:`ConfigError` (the old system treated any
+    non-empty string, even ``"false"``, as true).
+    """
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean: use one of 1/true/yes/on or 0/false/no/off")
+
+
+def env_bool(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return parse_bool(raw, name)
+
+
+def env_list(name: str, environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """A comma-separated list; ``None`` when unset, ``[]`` when set to the empty string."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None:
+        return None
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+class Limits(BaseModel):
+    """Per-call sandbox limits. Every field has a sane default; operators override per plugin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_seconds: float = Field(10.0, gt=0)
+    cpu_seconds: int = Field(5, gt=0)
+    memory_mb: int = Field(512, gt=16)
+    open_files: int = Field(64, gt=8)
+    file_size_mb: int = Field(16, gt=0)
+    work_dir_mb: int = Field(64, gt=0)
+    processes: int = Field(32, gt=0)
+    stdout_bytes: int = Field(1 << 20, gt=0)
+    stderr_bytes: int = Field(1 << 20, gt=0)
+    reply_bytes: int = Field(4 << 20, gt=0)
+
+
+class PluginSettings(BaseModel):
+    """Operator settings for one plugin, under ``[plugins.NAME]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trusted: bool = False
+    ui_trusted: bool = False
+    required_roles: list[str] | None = None
+    intent_roles: dict[str, list[str]] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["fork", "warm"] = "fork"
+    warm_max_calls: int = Field(100, gt=0)
+    remember: bool = True
+
+
+class Settings(BaseModel):
+    """All host settings. Build with :func:`load_settings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    advanced_mode: bool = False
+    strict: bool = False
+    allow_ui_html: bool = False
+    trace_plugins: bool = False
+    plugin_dir: str | None = None
+    load_plugins: list[str] | None = None
+    disable_plugins: list[str] = Field(default_factory=list)
+    trusted_plugins: list[str] = Field(default_factory=list)
+    default_tenant: str | None = None
+    memory_url: str | None = None
+    remember_runs: bool = True
+    role_inheritance: dict[str, list[str]] = Field(default_factory=lambda: {"admin": ["user"]})
+    limits: Limits = Field(default_factory=Limits)
+    plugins: dict[str, PluginSettings] = Field(default_factory=dict)
+
+    def plugin(self, name: str) -> PluginSettings:
+        return self.plugins.get(name) or PluginSettings()
+
+    def is_trusted(self, name: str) -> bool:
+        return name in self.trusted_plugins or self.plugin(name).trusted
+
+    def limits_for(self, name: str) -> Limits:
+        overrides = self.plugin(name).limits
+        if not overrides:
+            return self.limits
+        try:
+            return self.limits.model_copy(update=Limits.model_validate({**self.limits.model_dump(), **overrides}).model_dump())
+        except ValidationError as exc:
+            raise ConfigError(f"[plugins.{name}.limits] is invalid: {exc}") from None
+
+
+_BOOL_ENV = {
+    "ADVANCED_MODE": "advanced_mode",
+    "KAREN_STRICT": "strict",
+    "KAREN_ALLOW_UI_HTML": "allow_ui_html",
+    "KAREN_TRACE_PLUGINS": "trace_plugins",
+    "KAREN_REMEMBER_RUNS": "remember_runs",
+}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the config file (``KAREN_CONFIG`` when not given), apply env vars, then ``overrides``."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = config_file or env.get("KAREN_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"KAREN_CONFIG points at {str(path)!r}, which does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+    for var, key in _BOOL_ENV.items():
+        if env.get(var, "").strip():
+            data[key] = parse_bool(env[var], var)
+    for var, key in (("KAREN_LOAD_PLUGINS", "load_plugins"),):
+        if (value := env_list(var, env)) is not None:
+            data[key] = value
+    for var, key in (("KAREN_DISABLE_PLUGINS", "disable_plugins"), ("KAREN_TRUSTED_PLUGINS", "trusted_plugins")):
+        if value := env_list(var, env):
+            data[key] = sorted(set(data.get(key, [])) | set(value))
+    for var, key in (
+        ("KARI_PLUGIN_DIR", "plugin_dir"),
+        ("KAREN_PLUGIN_DIR", "plugin_dir"),
+        ("KAREN_DEFAULT_TENANT", "default_tenant"),
+        ("KAREN_MEMORY_URL", "memory_url"),
+    ):
+        if env.get(var):
+            data[key] = env[var]
+    if env.get("KARI_CPU_LIMIT"):
+        raw = env["KARI_CPU_LIMIT"]
+        try:
+            cpu = int(raw)
+            if cpu <= 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"KARI_CPU_LIMIT={raw!r} must be a positive whole number of CPU seconds") from None
+        data.setdefault("limits", {})["cpu_seconds"] = cpu
+    data.update(overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid karen-hooks settings: {problems}") from None
