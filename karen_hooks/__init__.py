@@ -29,8 +29,10 @@ from ._errors import (
 )
 from ._models import Intent, LoadProblem, PluginContext, PluginInfo, PluginSpec, UserContext
 from .hookspecs import hookimpl, hookspec
+from ._router import PluginRouter
+from ._manager import PluginManager, RunResult
 
-__version__ = "1.0.0"
+from ._version import __version__
 
 __all__ = [
     "AccessDenied",
@@ -49,10 +51,13 @@ __all__ = [
     "PluginError",
     "PluginInfo",
     "PluginLoadError",
+    "PluginManager",
+    "PluginRouter",
     "PluginNotFound",
     "PluginSettings",
     "PluginSpec",
     "PluginTimeout",
+    "RunResult",
     "SandboxError",
     "Settings",
     "TemplateError",

@@ -1,0 +1,68 @@
+"""Per-call capture of what a trusted plugin prints.
+
+``sys.stdout``/``sys.stderr`` are replaced once by proxies that write to the
+current call's buffer (a ``ContextVar``) when one is set and to the real
+stream otherwise. asyncio tasks and ``asyncio.to_thread`` copy the context,
+so concurrent calls never see each other's output.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TextIO
+
+_buffers: ContextVar[tuple[io.StringIO, io.StringIO] | None] = ContextVar("karen_capture", default=None)
+
+
+class _ContextStream(io.TextIOBase):
+    """A text stream that forwards to this context's capture buffer, or to ``real``."""
+
+    def __init__(self, real: TextIO, index: int) -> None:
+        self._real = real
+        self._index = index
+
+    def _target(self) -> TextIO:
+        bufs = _buffers.get()
+        return self._real if bufs is None else bufs[self._index]
+
+    def write(self, s: str) -> int:
+        return self._target().write(s)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return _buffers.get() is None and self._real.isatty()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, errors, buffer, ...
+        return getattr(self._real, name)
+
+
+def install() -> None:
+    """Put the proxies in place (idempotent; safe if something else wrapped the streams)."""
+    if not isinstance(sys.stdout, _ContextStream):
+        sys.stdout = _ContextStream(sys.stdout, 0)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _ContextStream):
+        sys.stderr = _ContextStream(sys.stderr, 1)  # type: ignore[assignment]
+
+
+@contextmanager
+def capture() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Capture this context's prints into two fresh buffers for the duration of the block."""
+    install()
+    bufs = (io.StringIO(), io.StringIO())
+    token = _buffers.set(bufs)
+    try:
+        yield bufs
+    finally:
+        _buffers.reset(token)

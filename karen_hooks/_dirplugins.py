@@ -1,0 +1,164 @@
+"""Directory plugins: the format of the system we replace.
+
+A folder holding ``plugin_manifest.json`` and ``handler.py`` (exposing
+``run(params)``, sync or async), optionally ``prompt.txt``, inside category
+subfolders of ``KARI_PLUGIN_DIR``. Only the manifest (data) is read in the
+host; ``handler.py`` runs in the sandbox unless the operator trusts the plugin
+*and* its manifest says ``"sandbox": false``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
+
+from ._models import Intent, LoadProblem, PluginSpec
+
+MANIFEST = "plugin_manifest.json"
+CATEGORIES = ("examples", "core", "ai", "integrations", "automation")
+SUPPORTED_API_VERSIONS = ("0.1", "0.2", "1.0")
+
+
+class Manifest(BaseModel):
+    """``plugin_manifest.json``. Field names and required fields follow the old system."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plugin_api_version: StrictStr
+    intent: StrictStr | list[StrictStr]
+    enable_external_workflow: StrictBool
+    required_roles: list[StrictStr]
+    trusted_ui: StrictBool
+    # optional in the old system
+    module: StrictStr = "handler.py"
+    sandbox: StrictBool = True
+    prompt: StrictStr | None = None
+    # additions: all optional, so old manifests stay valid
+    name: StrictStr | None = None
+    version: StrictStr | None = None
+    description: StrictStr = ""
+    author: StrictStr | None = None
+    examples: list[StrictStr] = Field(default_factory=list)
+    params: dict[str, Any] | None = None
+    category: Literal["examples", "core", "ai", "integrations", "automation"] | None = None
+
+    @field_validator("plugin_api_version")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        if v not in SUPPORTED_API_VERSIONS:
+            raise ValueError(f"{v!r} is not supported; use one of {', '.join(SUPPORTED_API_VERSIONS)}")
+        return v
+
+    @field_validator("intent")
+    @classmethod
+    def _intent(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one intent")
+        return v
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v.startswith(".") or not v.endswith(".py"):
+            raise ValueError("must be a .py file name inside the plugin folder, e.g. 'handler.py'")
+        return v
+
+    def intent_names(self) -> list[str]:
+        return [self.intent] if isinstance(self.intent, str) else list(self.intent)
+
+
+class DirectoryPlugin(BaseModel):
+    """A validated directory plugin, ready for the router."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    path: Path
+    category: str | None
+    manifest: Manifest
+    prompt: str | None
+    intents: list[Intent]
+
+    def spec(self) -> PluginSpec:
+        return PluginSpec(
+            name=self.name,
+            kind="directory",
+            target=self.manifest.module,
+            version=self.manifest.version,
+            path=str(self.path),
+            code_paths=(str(self.path),),
+        )
+
+
+def iter_plugin_folders(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """Yield ``(folder, category)`` for every folder under ``root`` holding a manifest.
+
+    Looks one level down (uncategorised) and two levels down (``category/plugin``).
+    """
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith((".", "_")):
+            continue
+        if (child / MANIFEST).is_file():
+            yield child, None
+            continue
+        for grandchild in sorted(child.iterdir()):
+            if grandchild.is_dir() and (grandchild / MANIFEST).is_file():
+                yield grandchild, child.name
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(manifest)"
+        parts.append(f"field {field!r}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin | LoadProblem:
+    """Read and validate one folder's manifest. Never imports ``handler.py``."""
+    guess = folder.name
+    try:
+        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return LoadProblem(guess, f"{folder / MANIFEST}: not readable JSON ({exc}); fix the file's syntax")
+    name = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else guess
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        return LoadProblem(
+            name,
+            f"{folder / MANIFEST} is invalid: {_format_errors(exc)}. Required fields: plugin_api_version, "
+            "intent, enable_external_workflow, required_roles, trusted_ui",
+        )
+    if not (folder / manifest.module).is_file():
+        return LoadProblem(name, f"{folder}: module {manifest.module!r} named by the manifest does not exist")
+    prompt = manifest.prompt
+    if prompt is None and (folder / "prompt.txt").is_file():
+        prompt = (folder / "prompt.txt").read_text(encoding="utf-8")
+    try:
+        intents = [
+            Intent(
+                name=i,
+                description=manifest.description,
+                examples=manifest.examples,
+                required_roles=manifest.required_roles,
+                params=manifest.params,
+            )
+            for i in manifest.intent_names()
+        ]
+    except ValidationError as exc:
+        return LoadProblem(name, f"{folder / MANIFEST} is invalid: {_format_errors(exc)}")
+    return DirectoryPlugin(
+        name=name,
+        path=folder.resolve(),
+        category=manifest.category or category,
+        manifest=manifest,
+        prompt=prompt,
+        intents=intents,
+    )

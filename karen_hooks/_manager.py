@@ -1,0 +1,138 @@
+"""PluginManager: runs a plugin's intent for a caller, with every check first."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import traceback
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._capture import capture
+from ._config import Settings
+from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+from ._models import Intent, PluginContext, PluginInfo, UserContext
+from ._params import params_to_json, validate_params
+from ._rbac import check_access
+from ._router import PluginRouter
+
+
+class RunResult(tuple):  # type: ignore[type-arg]
+    """``(result, stdout, stderr)`` — unpacks like the old API — plus details as attributes.
+
+    ``plugin`` and ``intent`` name what ran; ``warnings`` lists problems that
+    did not fail the call (for example a memory write that did not persist).
+    """
+
+    plugin: str
+    intent: str
+    warnings: list[str]
+
+    def __new__(cls, result: Any, stdout: str, stderr: str, *, plugin: str, intent: str) -> RunResult:
+        self = super().__new__(cls, (result, stdout, stderr))
+        self.plugin = plugin
+        self.intent = intent
+        self.warnings = []
+        return self
+
+    @property
+    def result(self) -> Any:
+        return self[0]
+
+    @property
+    def stdout(self) -> str:
+        return str(self[1])
+
+    @property
+    def stderr(self) -> str:
+        return str(self[2])
+
+
+def ensure_json(plugin: str, result: Any) -> Any:
+    """Results must be JSON data; pydantic models are dumped, anything else is refused."""
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise InvalidResult(plugin, f"returned a result that is not JSON-serialisable ({exc}); return dicts, lists, str, int, float, bool or None") from None
+    return result
+
+
+class PluginManager:
+    """Runs plugins: validates the caller, checks roles and params, then calls in-host or in the sandbox."""
+
+    def __init__(self, router: PluginRouter | None = None, settings: Settings | None = None) -> None:
+        self.router = router if router is not None else PluginRouter(settings)
+        self.settings = settings if settings is not None else self.router.settings
+
+    def _prepare(
+        self, name: str, params: Any, user_ctx: Any, intent: str | None
+    ) -> tuple[UserContext, PluginInfo, Intent, Any]:
+        """Every check that happens before plugin code runs, in order."""
+        user = UserContext.parse(user_ctx)
+        info, it = self.router.resolve(name, intent)
+        check_access(info.name, it, user.roles, self.settings)
+        return user, info, it, validate_params(info.name, it, params)
+
+    def _context(self, user: UserContext, info: PluginInfo, it: Intent) -> PluginContext:
+        return PluginContext(
+            user_id=user.user_id, tenant_id=user.tenant_id, roles=list(user.roles), intent=it.name, plugin=info.name
+        )
+
+    async def run_plugin(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        user_ctx: dict[str, Any] | UserContext | None = None,
+        *,
+        intent: str | None = None,
+    ) -> RunResult:
+        """Run ``name`` (a plugin, or a bare intent) for the caller in ``user_ctx``.
+
+        Returns a :class:`RunResult` that unpacks as ``result, stdout, stderr``.
+        """
+        user, info, it, validated = self._prepare(name, params, user_ctx, intent)
+        ctx = self._context(user, info, it)
+        caller = self.router._hook_caller(info.name)
+        if caller is not None:
+            result, out, err = await self._run_in_host(info, caller, it, validated, ctx)
+        else:
+            result, out, err = await self._run_sandboxed(info, it, validated, ctx)
+        return RunResult(ensure_json(info.name, result), out, err, plugin=info.name, intent=it.name)
+
+    async def _run_in_host(
+        self, info: PluginInfo, caller: Any, it: Intent, params: Any, ctx: PluginContext
+    ) -> tuple[Any, str, str]:
+        with capture() as (out, err):
+            try:
+                result = caller.hook.karen_run(intent=it.name, params=params, ctx=ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+            except (KarenError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
+                raise PluginError(
+                    info.name, f"{type(exc).__name__}: {exc}", traceback.format_exc(), err.getvalue()
+                ) from exc
+        return result, out.getvalue(), err.getvalue()
+
+    async def _run_sandboxed(
+        self, info: PluginInfo, it: Intent, params: Any, ctx: PluginContext
+    ) -> tuple[Any, str, str]:
+        executor = self.router.executor
+        if executor is None:
+            raise UntrustedPluginError(
+                f"plugin {info.name!r} is untrusted and no sandbox is available; it is never run in the host. "
+                "Trust it (KAREN_TRUSTED_PLUGINS) only if you have reviewed its code"
+            )
+        outcome = await executor.call(
+            info.spec,
+            "karen_run",
+            {"intent": it.name, "params": params_to_json(params), "ctx": ctx.to_json()},
+            self.settings.plugin(info.name),
+            self.settings.limits_for(info.name),
+        )
+        return outcome.result, outcome.stdout, outcome.stderr

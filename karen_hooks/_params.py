@@ -1,0 +1,78 @@
+"""Validating a call's params against the intent's schema before any plugin code runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+from pydantic import BaseModel, ValidationError
+
+from ._errors import InvalidParams
+from ._models import Intent
+
+_validators: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
+
+
+def _schema_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    # Keyed by identity (with the schema kept alive beside it) so each intent's
+    # schema is checked and compiled once, not on every call.
+    hit = _validators.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    validator = cls(schema)
+    _validators[id(schema)] = (schema, validator)
+    return validator
+
+
+def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
+    """Return params ready for the plugin: a model instance, or a checked dict.
+
+    Raises :class:`InvalidParams` naming the plugin, the intent and each bad field.
+    """
+    if params is None:
+        params = {}
+    if isinstance(params, BaseModel):
+        params = params.model_dump(mode="json")
+    if not isinstance(params, dict):
+        raise InvalidParams(plugin, intent.name, [{"field": "params", "problem": f"must be an object, got {type(params).__name__}"}])
+    model = intent.params_model
+    if model is not None:
+        try:
+            return model.model_validate(params)
+        except ValidationError as exc:
+            raise InvalidParams(
+                plugin,
+                intent.name,
+                [{"field": ".".join(str(p) for p in e["loc"]) or "params", "problem": e["msg"]} for e in exc.errors()],
+            ) from None
+    schema = intent.params if isinstance(intent.params, dict) else None
+    if schema is None:
+        return params
+    try:
+        validator = _schema_validator(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": f"the plugin's params schema is invalid: {exc.message}"}]) from None
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise InvalidParams(
+            plugin,
+            intent.name,
+            [{"field": ".".join(str(p) for p in e.absolute_path) or _missing_field(e) or "params", "problem": e.message} for e in errors],
+        )
+    return params
+
+
+def _missing_field(err: jsonschema.ValidationError) -> str | None:
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return missing[0] if missing else None
+    return None
+
+
+def params_to_json(params: Any) -> dict[str, Any]:
+    """The data form of validated params (what crosses into a sandbox)."""
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json")
+    return dict(params)

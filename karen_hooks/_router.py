@@ -1,0 +1,252 @@
+"""PluginRouter: discovers plugins, validates them, and answers "who handles what"."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import ValidationError
+
+from ._version import __version__ as HOST_VERSION  # noqa: N812
+from ._config import Settings, load_settings
+from ._dirplugins import DirectoryPlugin, iter_plugin_folders, load_directory_plugin
+from ._errors import AmbiguousIntent, KarenError, PluginLoadError, PluginNotFound
+from ._executor import Executor
+from ._loader import (
+    Candidate,
+    api_version_problem,
+    find_entry_points,
+    load_directory_handler,
+    load_target,
+    register,
+    spec_for,
+)
+from ._models import Intent, LoadProblem, PluginInfo, UserContext
+from ._rbac import is_allowed
+
+log = logging.getLogger("karen_hooks.router")
+
+
+def _validate_intents(plugin: str, raw: Any) -> list[Intent]:
+    """Turn a ``karen_intent`` answer into Intents, or raise ValueError naming the bad field."""
+    if raw is None:
+        raise ValueError("karen_intent returned None; return a list of intents (dicts or karen_hooks.Intent)")
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"karen_intent must return a list of intents, got {type(raw).__name__}")
+    intents: list[Intent] = []
+    for i, item in enumerate(raw):
+        try:
+            intent = item if isinstance(item, Intent) else Intent.model_validate(item)
+        except ValidationError as exc:
+            problems = "; ".join(f"field {'.'.join(map(str, e['loc'])) or 'intent'!r}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"intent #{i} is invalid: {problems}") from None
+        if any(it.name == intent.name for it in intents):
+            raise ValueError(f"intent {intent.name!r} is declared twice; intent names must be unique")
+        intents.append(intent)
+    if not intents:
+        raise ValueError("karen_intent returned an empty list; declare at least one intent")
+    return intents
+
+
+def default_executor() -> Executor | None:
+    """The process sandbox, or ``None`` where it cannot run (untrusted plugins are then refused)."""
+    try:
+        from .sandbox import SandboxExecutor
+    except ImportError as exc:  # pragma: no cover - only on platforms without the sandbox
+        log.warning("karen-hooks sandbox unavailable (%s): untrusted plugins will not load", exc)
+        return None
+    return SandboxExecutor()
+
+
+class PluginRouter:
+    """Discovers installed (``karen.plugins``) and directory plugins and validates them.
+
+    One broken plugin is reported in :attr:`problems` and skipped; the rest load.
+    With ``strict`` (``KAREN_STRICT=1``) any problem raises :class:`PluginLoadError`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        executor: Executor | None = None,
+        plugin_dir: str | Path | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        if plugin_dir is not None:
+            self.settings = self.settings.model_copy(update={"plugin_dir": str(plugin_dir)})
+        self._executor = executor
+        self._executor_made = executor is not None
+        self._plugins: dict[str, PluginInfo] = {}
+        self._by_intent: dict[str, str] = {}
+        self._callers: dict[str, pluggy.PluginManager] = {}
+        self.problems: list[LoadProblem] = []
+        self.discover()
+
+    # -- discovery -------------------------------------------------------
+
+    @property
+    def executor(self) -> Executor | None:
+        if not self._executor_made:
+            self._executor = default_executor()
+            self._executor_made = True
+        return self._executor
+
+    def discover(self) -> None:
+        """(Re)load every plugin. Safe to call again after installing plugins."""
+        self._plugins.clear()
+        self._by_intent.clear()
+        self._callers.clear()
+        self.problems = []
+        s = self.settings
+        for cand in find_entry_points(s.load_plugins, s.disable_plugins):
+            self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
+        if s.plugin_dir:
+            for folder, category in iter_plugin_folders(Path(s.plugin_dir)):
+                loaded = load_directory_plugin(folder, category)
+                if isinstance(loaded, LoadProblem):
+                    if self._wanted(loaded.plugin):
+                        self._problem(loaded)
+                    continue
+                if self._wanted(loaded.name):
+                    self._guard(loaded.name, None, lambda d=loaded: self._load_directory(d))
+        if s.strict and self.problems:
+            p = self.problems[0]
+            raise PluginLoadError(p.plugin, "; ".join(f"{q.plugin}: {q.reason}" for q in self.problems), p.distribution)
+
+    def _wanted(self, name: str) -> bool:
+        s = self.settings
+        return (s.load_plugins is None or name in s.load_plugins) and name not in s.disable_plugins
+
+    def _problem(self, problem: LoadProblem) -> None:
+        where = f" from distribution {problem.distribution}" if problem.distribution else ""
+        log.warning("plugin %r%s skipped: %s", problem.plugin, where, problem.reason)
+        self.problems.append(problem)
+
+    def _guard(self, name: str, dist: str | None, load: Any) -> None:
+        """Each plugin loads inside its own error boundary."""
+        try:
+            load()
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything at import
+            reason = str(exc) if isinstance(exc, (ValueError, KarenError)) else f"{type(exc).__name__}: {exc}"
+            self._problem(LoadProblem(name, reason, dist))
+
+    def _add(self, info: PluginInfo, caller: pluggy.PluginManager | None) -> None:
+        if info.name in self._plugins:
+            other = self._plugins[info.name]
+            raise ValueError(
+                f"the plugin name {info.name!r} is already taken by "
+                f"{other.distribution or other.spec.path}; rename one of them"
+            )
+        for it in info.intents:
+            owner = self._by_intent.get(it.name)
+            if owner is not None:
+                raise ValueError(
+                    f"intent {it.name!r} is already provided by plugin {owner!r}; "
+                    "rename the intent or disable one plugin (KAREN_DISABLE_PLUGINS)"
+                )
+        self._plugins[info.name] = info
+        for it in info.intents:
+            self._by_intent[it.name] = info.name
+        if caller is not None:
+            self._callers[info.name] = caller
+
+    def _load_entry_point(self, cand: Candidate) -> None:
+        if (why := api_version_problem(cand, HOST_VERSION)) is not None:
+            raise ValueError(why)
+        spec = spec_for(cand)
+        trusted = self.settings.is_trusted(cand.name)
+        ps = self.settings.plugin(cand.name)
+        caller = None
+        if trusted:
+            caller = register(cand.name, load_target(spec.target))
+            intents = _validate_intents(cand.name, caller.hook.karen_intent())
+        else:
+            executor = self.executor
+            if executor is None:
+                raise ValueError("untrusted and no sandbox is available on this machine; trust it or install on Linux")
+            described = executor.describe(spec, ps, self.settings.limits_for(cand.name))
+            intents = _validate_intents(cand.name, described.get("intents") if isinstance(described, dict) else None)
+        info = PluginInfo(
+            name=cand.name, spec=spec, intents=intents, trusted=trusted, sandboxed=not trusted, ui_trusted=ps.ui_trusted
+        )
+        self._add(info, caller)
+
+    def _load_directory(self, d: DirectoryPlugin) -> None:
+        trusted = self.settings.is_trusted(d.name)
+        # The manifest may ask to leave the sandbox; only the operator's trust makes that real.
+        in_host = trusted and not d.manifest.sandbox
+        spec = d.spec()
+        caller = register(d.name, load_directory_handler(spec, d.prompt)) if in_host else None
+        info = PluginInfo(
+            name=d.name,
+            spec=spec,
+            intents=d.intents,
+            trusted=trusted,
+            sandboxed=not in_host,
+            ui_trusted=self.settings.plugin(d.name).ui_trusted,
+            category=d.category,
+            prompt=d.prompt,
+            manifest=d.manifest.model_dump(),
+        )
+        self._add(info, caller)
+
+    # -- queries ---------------------------------------------------------
+
+    def list_plugins(self) -> list[PluginInfo]:
+        return [self._plugins[n] for n in sorted(self._plugins)]
+
+    def list_intents(self) -> list[str]:
+        """Every loaded intent name, sorted."""
+        return sorted(self._by_intent)
+
+    def get_plugin(self, name: str) -> PluginInfo:
+        """The plugin called ``name`` (a description: no callable is handed out)."""
+        try:
+            return self._plugins[name]
+        except KeyError:
+            raise PluginNotFound(self._not_found(name)) from None
+
+    def plugin_for_intent(self, intent: str) -> PluginInfo:
+        owner = self._by_intent.get(intent)
+        if owner is None:
+            raise PluginNotFound(f"no loaded plugin handles intent {intent!r}; loaded intents: {self.list_intents()}")
+        return self._plugins[owner]
+
+    def resolve(self, name: str, intent: str | None = None) -> tuple[PluginInfo, Intent]:
+        """Find the plugin and intent for a call: ``name`` is a plugin name or a bare intent name."""
+        info = self._plugins.get(name)
+        if info is None:
+            if intent is None and name in self._by_intent:
+                info = self._plugins[self._by_intent[name]]
+                intent = name
+            else:
+                raise PluginNotFound(self._not_found(name))
+        if intent is None:
+            if len(info.intents) != 1:
+                names = [i.name for i in info.intents]
+                raise AmbiguousIntent(f"plugin {info.name!r} has several intents {names}; pass intent=")
+            return info, info.intents[0]
+        found = info.intent(intent)
+        if found is None:
+            raise PluginNotFound(
+                f"plugin {info.name!r} has no intent {intent!r}; its intents are {[i.name for i in info.intents]}"
+            )
+        return info, found
+
+    def allowed(self, plugin: str, intent: Intent, user_ctx: Any) -> bool:
+        """Whether the caller's roles admit them to ``intent`` of ``plugin``."""
+        user = UserContext.parse(user_ctx)
+        return is_allowed(plugin, intent, user.roles, self.settings)
+
+    def _hook_caller(self, name: str) -> pluggy.PluginManager | None:
+        """The in-host pluggy manager of a trusted plugin (``None`` for sandboxed ones)."""
+        return self._callers.get(name)
+
+    def _not_found(self, name: str) -> str:
+        skipped = next((p for p in self.problems if p.plugin == name), None)
+        if skipped is not None:
+            return f"plugin {name!r} was skipped at load: {skipped.reason}"
+        return f"no plugin or intent named {name!r}; loaded plugins: {sorted(self._plugins)}"
