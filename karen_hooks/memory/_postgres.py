@@ -1,0 +1,201 @@
+"""``postgresql://...``: shared memory for several host processes on several machines.
+
+psycopg 3 with a ``psycopg_pool`` connection pool. The table (default
+``karen_memories``) is created or migrated on first use under a transaction
+advisory lock, so many hosts may start at once.
+
+Ranking: ``ts_rank_cd(tsv, q)`` (cover density, no length normalisation) where
+``tsv`` is a stored ``to_tsvector('simple', query)`` column with a GIN index
+and ``q`` ORs the quoted words of the read query; then ``created_at``
+descending, then insertion order descending.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import MemoryBackendError
+from ._backend import MemoryBackend, check_batch, check_limit
+from ._records import MemoryRecord, tokenize
+
+_TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+# Each migration runs once per table, in order; append, never edit.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS {t} (
+        pk bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        tenant_id text NOT NULL,
+        user_id text NOT NULL,
+        query text NOT NULL,
+        payload text NOT NULL,
+        plugin text,
+        created_at double precision NOT NULL,
+        expires_at double precision,
+        tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, query)) STORED
+    );
+    CREATE INDEX IF NOT EXISTS {t}_tsv ON {t} USING gin (tsv);
+    CREATE INDEX IF NOT EXISTS {t}_tenant_user_created ON {t} (tenant_id, user_id, created_at DESC);
+    CREATE INDEX IF NOT EXISTS {t}_tenant_created ON {t} (tenant_id, created_at DESC);
+    """,
+]
+
+_COLUMNS = "id, tenant_id, user_id, query, payload, plugin, created_at, expires_at"
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MemoryBackendError(
+            "the PostgreSQL memory backend needs psycopg 3 and psycopg-pool: pip install 'karen-hooks[postgres]'"
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+def tsquery_text(words: list[str]) -> str:
+    """A ``to_tsquery`` argument ORing the words, each as a quoted lexeme (words hold no quotes)."""
+    return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in words)
+
+
+def _row(r: Any) -> MemoryRecord:
+    return MemoryRecord(
+        id=r[0], tenant_id=r[1], user_id=r[2], query=r[3], payload=json.loads(r[4]),
+        plugin=r[5], created_at=r[6], expires_at=r[7],
+    )
+
+
+class PostgresBackend(MemoryBackend):
+    """Memory in one PostgreSQL table."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "karen_memories",
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        psycopg, psycopg_pool = _import()
+        if not _TABLE.match(table):
+            raise ValueError(f"table must be a lower-case SQL identifier of at most 41 characters, got {table!r}")
+        self.table = table
+        self._psycopg = psycopg
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                dsn, min_size=min_size, max_size=max_size, timeout=timeout, open=True,
+                kwargs={"autocommit": True}, name=f"karen-memory-{table}",
+            )
+        except Exception as exc:
+            raise MemoryBackendError(f"cannot connect the PostgreSQL memory: {type(exc).__name__}") from exc
+        try:
+            self._migrate()
+        except Exception:
+            self._pool.close()
+            raise
+
+    def _run(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        try:
+            with self._pool.connection() as conn:
+                return fn(conn)
+        except MemoryBackendError:
+            raise
+        except Exception as exc:  # psycopg.Error, PoolTimeout, ...
+            raise MemoryBackendError(f"PostgreSQL memory {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        t = self.table
+
+        def go(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"karen-memory:{t}",))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS karen_memory_schema (table_name text PRIMARY KEY, version int NOT NULL)"
+                )
+                row = conn.execute("SELECT version FROM karen_memory_schema WHERE table_name = %s", (t,)).fetchone()
+                version = row[0] if row else 0
+                for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                    conn.execute(script.format(t=t))  # t is a checked identifier
+                    conn.execute(
+                        "INSERT INTO karen_memory_schema (table_name, version) VALUES (%s, %s)"
+                        " ON CONFLICT (table_name) DO UPDATE SET version = excluded.version",
+                        (t, n),
+                    )
+
+        self._run("schema migration", go)
+
+    def write_many(self, tenant_id: str, records: Sequence[MemoryRecord]) -> None:
+        check_batch(tenant_id, records)
+        if not records:
+            return
+        rows = [
+            (r.id, r.tenant_id, r.user_id, r.query, r.payload_json(), r.plugin, r.created_at, r.expires_at)
+            for r in records
+        ]
+        sql = (
+            f"INSERT INTO {self.table} (id, tenant_id, user_id, query, payload, plugin, created_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+
+        def go(conn: Any) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+
+        self._run("write", go)
+
+    def read(
+        self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
+    ) -> list[MemoryRecord]:
+        limit = check_limit(limit)
+        words = tokenize(query)
+        user_sql = " AND user_id = %s" if user_id is not None else ""
+        user_args: tuple[Any, ...] = (user_id,) if user_id is not None else ()
+        live = " AND (expires_at IS NULL OR expires_at > %s)"
+        if words:
+            sql = (
+                f"SELECT {_COLUMNS} FROM {self.table}, to_tsquery('simple'::regconfig, %s) q"
+                f" WHERE tsv @@ q AND tenant_id = %s{user_sql}{live}"
+                " ORDER BY ts_rank_cd(tsv, q) DESC, created_at DESC, pk DESC LIMIT %s"
+            )
+            args: tuple[Any, ...] = (tsquery_text(words), tenant_id, *user_args, now, limit)
+        else:
+            sql = (
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE tenant_id = %s{user_sql}{live}"
+                " ORDER BY created_at DESC, pk DESC LIMIT %s"
+            )
+            args = (tenant_id, *user_args, now, limit)
+        return self._run("read", lambda conn: [_row(r) for r in conn.execute(sql, args).fetchall()])
+
+    def list_by_user(self, tenant_id: str, user_id: str, *, limit: int = 50, now: float) -> list[MemoryRecord]:
+        return self.read(tenant_id, "", user_id=user_id, limit=limit, now=now)
+
+    def delete(self, tenant_id: str, record_id: str, *, user_id: str | None = None) -> bool:
+        sql = f"DELETE FROM {self.table} WHERE id = %s AND tenant_id = %s"
+        args: tuple[Any, ...] = (record_id, tenant_id)
+        if user_id is not None:
+            sql += " AND user_id = %s"
+            args += (user_id,)
+        return bool(self._run("delete", lambda conn: conn.execute(sql, args).rowcount > 0))
+
+    def purge_expired(self, now: float) -> int:
+        sql = f"DELETE FROM {self.table} WHERE expires_at IS NOT NULL AND expires_at <= %s"
+        return int(self._run("purge", lambda conn: conn.execute(sql, (now,)).rowcount))
+
+    def drop(self) -> None:
+        """Drop the table and its schema row (tests and benchmarks only)."""
+
+        def go(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+                conn.execute("DELETE FROM karen_memory_schema WHERE table_name = %s", (self.table,))
+
+        self._run("drop", go)
+
+    def close(self) -> None:
+        self._pool.close()

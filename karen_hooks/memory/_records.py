@@ -1,0 +1,130 @@
+"""The record a memory backend stores, and the text rules every backend shares."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import TenantError
+
+#: Longest tenant or user id accepted (characters).
+MAX_ID_LENGTH = 256
+#: Longest query text stored (characters); longer text is cut, never rejected.
+MAX_QUERY_LENGTH = 4096
+#: At most this many words of a read query are searched for.
+MAX_QUERY_TOKENS = 16
+#: Words longer than this are cut to it before searching.
+MAX_TOKEN_LENGTH = 64
+
+# A "word" is a run of letters and digits (no underscore): the same split
+# SQLite's unicode61 tokenizer and PostgreSQL's "simple" parser make.
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def tokenize(text: str) -> list[str]:
+    """The words of ``text`` a read searches for: lower-cased, de-duplicated, in order, bounded.
+
+    Only these words ever reach a full-text engine, each one quoted, so no
+    query syntax (``OR``, ``*``, ``NEAR``, quotes, ``--``) typed by a user is
+    ever interpreted.
+    """
+    seen: dict[str, None] = {}
+    for m in _WORD.finditer(text or ""):
+        word = m.group(0).lower()[:MAX_TOKEN_LENGTH]
+        seen.setdefault(word, None)
+        if len(seen) >= MAX_QUERY_TOKENS:
+            break
+    return list(seen)
+
+
+def clean_text(text: str) -> str:
+    """Query text as stored: control characters (NUL included) removed, length bounded."""
+    if not isinstance(text, str):
+        raise TypeError(f"memory query text must be a str, got {type(text).__name__}")
+    return _CONTROL.sub("", text)[:MAX_QUERY_LENGTH]
+
+
+def check_id(value: Any, what: str) -> str:
+    """Validate a tenant or user id: a non-empty str without control characters, bounded."""
+    if not isinstance(value, str) or not value.strip():
+        raise TenantError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH or _CONTROL.search(value):
+        raise TenantError(f"{what} must be at most {MAX_ID_LENGTH} characters without control characters")
+    return value
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One remembered thing.
+
+    ``payload`` is any JSON-serialisable value. ``created_at`` and
+    ``expires_at`` are Unix timestamps (seconds, float); a record whose
+    ``expires_at`` is at or before "now" is never returned by any read.
+    """
+
+    tenant_id: str
+    user_id: str
+    query: str
+    payload: Any
+    plugin: str | None = None
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+
+    @classmethod
+    def create(
+        cls,
+        tenant_id: str,
+        user_id: str,
+        query: str,
+        payload: Any,
+        *,
+        plugin: str | None = None,
+        ttl_seconds: float | None = None,
+        now: float | None = None,
+    ) -> MemoryRecord:
+        """Build a validated record (ids checked, text cleaned, payload JSON-checked, TTL applied)."""
+        created = time.time() if now is None else now
+        if ttl_seconds is not None and not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be a positive number of seconds, got {ttl_seconds!r}")
+        record = cls(
+            tenant_id=check_id(tenant_id, "tenant_id"),
+            user_id=check_id(user_id, "user_id"),
+            query=clean_text(query),
+            payload=payload,
+            plugin=plugin,
+            created_at=created,
+            expires_at=None if ttl_seconds is None else created + float(ttl_seconds),
+        )
+        record.payload_json()  # fail here, not in a backend, when payload is not JSON
+        return record
+
+    def payload_json(self) -> str:
+        try:
+            return json.dumps(self.payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"memory payload must be JSON-serialisable: {exc}") from None
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
+            "query": self.query,
+            "payload": self.payload,
+            "plugin": self.plugin,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }

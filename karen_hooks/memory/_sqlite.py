@@ -1,0 +1,225 @@
+"""``sqlite:///path``: the embedded default, stdlib ``sqlite3`` with WAL and FTS5.
+
+Safe under many threads (one connection per thread) and several processes on
+one machine (WAL, ``BEGIN IMMEDIATE`` writes, a busy timeout).
+
+Ranking: FTS5 ``bm25()`` over the record's query text (lower is better),
+then ``created_at`` descending, then insertion order descending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .._errors import MemoryBackendError
+from ._backend import MemoryBackend, check_batch, check_limit
+from ._records import MemoryRecord, tokenize
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS memories (
+    pk INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL,
+    tenant_key TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    query TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    plugin TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS memories_tenant_user_created ON memories (tenant_id, user_id, created_at);
+CREATE INDEX IF NOT EXISTS memories_tenant_created ON memories (tenant_id, created_at);
+CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at) WHERE expires_at IS NOT NULL;
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+    tenant_key, query, content='memories', content_rowid='pk', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS memories_fts_insert AFTER INSERT ON memories BEGIN
+    INSERT INTO memories_fts (rowid, tenant_key, query) VALUES (new.pk, new.tenant_key, new.query);
+END;
+CREATE TRIGGER IF NOT EXISTS memories_fts_delete AFTER DELETE ON memories BEGIN
+    INSERT INTO memories_fts (memories_fts, rowid, tenant_key, query)
+    VALUES ('delete', old.pk, old.tenant_key, old.query);
+END;
+"""
+
+_COLUMNS = "m.id, m.tenant_id, m.user_id, m.query, m.payload, m.plugin, m.created_at, m.expires_at"
+
+
+def tenant_key(tenant_id: str) -> str:
+    """One FTS token standing for a tenant, so a search only walks that tenant's postings.
+
+    A hash collision could only widen the candidate set: every query also
+    filters on the exact ``tenant_id`` column.
+    """
+    return "t" + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:24]
+
+
+def fts_match(tenant_id: str, words: list[str]) -> str:
+    """The FTS5 MATCH expression: the tenant token AND any of the (quoted) words."""
+    quoted = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    return f'tenant_key : "{tenant_key(tenant_id)}" AND query : ({quoted})'
+
+
+def _row(r: Any) -> MemoryRecord:
+    return MemoryRecord(
+        id=r[0], tenant_id=r[1], user_id=r[2], query=r[3], payload=json.loads(r[4]),
+        plugin=r[5], created_at=r[6], expires_at=r[7],
+    )
+
+
+class SQLiteBackend(MemoryBackend):
+    """Memory in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._timeout = timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            with self._tx() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    _run_script(conn, _SCHEMA_V1)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise MemoryBackendError(f"cannot open the SQLite memory at {str(self.path)!r}: {exc}") from exc
+
+    # -- connections --------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise MemoryBackendError("this SQLite memory backend is closed")
+        if os.getpid() != self._pid:  # forked: never reuse the parent's connections
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._all = []
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- operations -----------------------------------------------------------
+    def write_many(self, tenant_id: str, records: Sequence[MemoryRecord]) -> None:
+        check_batch(tenant_id, records)
+        if not records:
+            return
+        rows = [
+            (r.id, r.tenant_id, tenant_key(r.tenant_id), r.user_id, r.query, r.payload_json(), r.plugin,
+             r.created_at, r.expires_at)
+            for r in records
+        ]
+        try:
+            with self._tx() as conn:
+                conn.executemany(
+                    "INSERT INTO memories (id, tenant_id, tenant_key, user_id, query, payload, plugin, created_at,"
+                    " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except sqlite3.Error as exc:
+            raise MemoryBackendError(f"SQLite memory write failed: {exc}") from exc
+
+    def read(
+        self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
+    ) -> list[MemoryRecord]:
+        limit = check_limit(limit)
+        words = tokenize(query)
+        user_sql = " AND m.user_id = ?" if user_id is not None else ""
+        user_args: tuple[Any, ...] = (user_id,) if user_id is not None else ()
+        if words:
+            sql = (
+                f"SELECT {_COLUMNS} FROM memories_fts JOIN memories m ON m.pk = memories_fts.rowid"
+                f" WHERE memories_fts MATCH ? AND m.tenant_id = ?{user_sql}"
+                " AND (m.expires_at IS NULL OR m.expires_at > ?)"
+                " ORDER BY bm25(memories_fts, 0.0, 1.0), m.created_at DESC, m.pk DESC LIMIT ?"
+            )
+            args: tuple[Any, ...] = (fts_match(tenant_id, words), tenant_id, *user_args, now, limit)
+        else:
+            sql = (
+                f"SELECT {_COLUMNS} FROM memories m WHERE m.tenant_id = ?{user_sql}"
+                " AND (m.expires_at IS NULL OR m.expires_at > ?) ORDER BY m.created_at DESC, m.pk DESC LIMIT ?"
+            )
+            args = (tenant_id, *user_args, now, limit)
+        return self._select(sql, args)
+
+    def list_by_user(self, tenant_id: str, user_id: str, *, limit: int = 50, now: float) -> list[MemoryRecord]:
+        return self.read(tenant_id, "", user_id=user_id, limit=limit, now=now)
+
+    def delete(self, tenant_id: str, record_id: str, *, user_id: str | None = None) -> bool:
+        sql = "DELETE FROM memories WHERE id = ? AND tenant_id = ?"
+        args: tuple[Any, ...] = (record_id, tenant_id)
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            args += (user_id,)
+        try:
+            with self._tx() as conn:
+                return conn.execute(sql, args).rowcount > 0
+        except sqlite3.Error as exc:
+            raise MemoryBackendError(f"SQLite memory delete failed: {exc}") from exc
+
+    def purge_expired(self, now: float) -> int:
+        try:
+            with self._tx() as conn:
+                return conn.execute(
+                    "DELETE FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise MemoryBackendError(f"SQLite memory purge failed: {exc}") from exc
+
+    def _select(self, sql: str, args: tuple[Any, ...]) -> list[MemoryRecord]:
+        try:
+            return [_row(r) for r in self._conn().execute(sql, args).fetchall()]
+        except sqlite3.Error as exc:
+            raise MemoryBackendError(f"SQLite memory read failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT our BEGIN IMMEDIATE; run statement by statement instead.
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            conn.execute(buf)
+            buf = ""
