@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Sequence
 
+from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
 from ._records import MemoryRecord, tokenize
 
@@ -21,6 +22,9 @@ class InMemoryBackend(MemoryBackend):
     def write_many(self, tenant_id: str, records: Sequence[MemoryRecord]) -> None:
         check_batch(tenant_id, records)
         with self._lock:
+            ids = [r.id for r in records]
+            if len(set(ids)) != len(ids) or any(i in rows for rows in self._tenants.values() for i in ids):
+                raise MemoryBackendError("memory write failed: a record id already exists")
             rows = self._tenants.setdefault(tenant_id, {})
             for r in records:
                 self._seq += 1

@@ -17,7 +17,7 @@ MAX_ID_LENGTH = 256
 MAX_QUERY_LENGTH = 4096
 #: At most this many words of a read query are searched for.
 MAX_QUERY_TOKENS = 16
-#: Words longer than this are cut to it before searching.
+#: Longer words in a read query are ignored (they cannot be meant as words).
 MAX_TOKEN_LENGTH = 64
 
 # A "word" is a run of letters and digits (no underscore): the same split
@@ -35,8 +35,9 @@ def tokenize(text: str) -> list[str]:
     """
     seen: dict[str, None] = {}
     for m in _WORD.finditer(text or ""):
-        word = m.group(0).lower()[:MAX_TOKEN_LENGTH]
-        seen.setdefault(word, None)
+        word = m.group(0).lower()
+        if len(word) <= MAX_TOKEN_LENGTH:
+            seen.setdefault(word, None)
         if len(seen) >= MAX_QUERY_TOKENS:
             break
     return list(seen)
