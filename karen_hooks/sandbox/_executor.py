@@ -1,0 +1,747 @@
+"""Host side of the sandbox: the zygote handle, slots, the per-call I/O loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import itertools
+import json
+import logging
+import os
+import queue
+import secrets
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+from .._config import Limits, PluginSettings
+from .._errors import InvalidResult, LimitExceeded, PluginError, PluginTimeout, SandboxError
+from .._executor import CallOutcome, MemoryBridge
+from .._models import PluginSpec
+from . import _layers
+from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
+from ._protocol import FrameBuffer, FrameTooLargeError, ProtocolError, encode
+
+log = logging.getLogger("karen_hooks.sandbox")
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[2]); "
+    "from karen_hooks.sandbox._zygote import main; main(int(sys.argv[1]))"
+)
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PKG_DIR = os.path.join(_PKG_ROOT, "karen_hooks")
+_LIMIT_NAMES = {"cpu", "memory", "processes", "open_files", "file_size", "stdout", "stderr", "reply_size"}
+_MEMORY_METHODS = ("write", "read", "delete", "list")
+_FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
+_EXIT_WAIT = 1.0
+_SIGNAMES = {int(s): s.name for s in signal.Signals}
+
+
+def _system_read_paths() -> list[str]:
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths |= {_PKG_DIR}
+    paths |= {"/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache",
+              "/etc/localtime", "/usr/share/zoneinfo", "/dev/urandom", "/dev/zero"}
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+class _Zygote:
+    """One exec'd zygote process and the thread reading its control socket."""
+
+    def __init__(self, probe_cfg: dict[str, Any]) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        debug = os.environ.get("KAREN_SANDBOX_DEBUG") == "1"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, str(child.fileno()), _PKG_ROOT],
+                env={}, close_fds=True, pass_fds=(child.fileno(),), start_new_session=True, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.ctrl = parent
+        self.pid = self.proc.pid
+        self._send_lock = threading.Lock()
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self.alive = True
+        parent.settimeout(30)
+        try:
+            parent.send(json.dumps({"probe": probe_cfg}).encode())
+            hello = json.loads(parent.recv(1 << 20).decode())
+        except (OSError, ValueError) as exc:
+            self.kill()
+            raise SandboxError("<sandbox>", f"the sandbox zygote did not start: {exc}") from None
+        parent.settimeout(None)
+        self.layers: dict[str, list[Any]] = hello.get("layers", {})
+        self._reader = threading.Thread(target=self._read_loop, name="karen-zygote-reader", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data = self.ctrl.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                msg = json.loads(data.decode())
+            except ValueError:
+                continue
+            with self._cond:
+                rec = self._pending.get(str(msg.get("id")))
+                if rec is not None:
+                    rec[str(msg.get("op"))] = msg
+                    self._cond.notify_all()
+        with self._cond:
+            self.alive = False
+            self._cond.notify_all()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+
+    def spawn(self, call_id: str, cfg: dict[str, Any], fds: list[int]) -> None:
+        with self._cond:
+            self._pending[call_id] = {}
+        data = json.dumps({"op": "spawn", "id": call_id, "cfg": cfg}).encode()
+        with self._send_lock:
+            socket.send_fds(self.ctrl, [data], fds)
+
+    def wait_for(self, call_id: str, op: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                rec = self._pending.get(call_id, {})
+                if op in rec:
+                    return rec[op]
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive:
+                    return rec.get(op)
+                self._cond.wait(left)
+
+    def forget(self, call_id: str) -> None:
+        with self._cond:
+            self._pending.pop(call_id, None)
+
+    def kill_call(self, call_id: str) -> None:
+        with contextlib.suppress(OSError), self._send_lock:
+            self.ctrl.send(json.dumps({"op": "kill", "id": call_id}).encode())
+
+    def kill(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            self.ctrl.close()
+
+
+class _Slot:
+    def __init__(self, index: int, uid: int, gid: int, cg: _layers.CgroupSlot | None) -> None:
+        self.index = index
+        self.uid = uid
+        self.gid = gid
+        self.cg = cg
+
+
+class _Stream:
+    def __init__(self, name: str, cap: int, token: bytes) -> None:
+        self.name = name
+        self.cap = cap
+        self.token = token
+        self.buf = bytearray()
+        self.done = False
+        self.over = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self.done = True
+            return
+        self.buf += data
+        idx = self.buf.find(self.token, max(0, len(self.buf) - len(data) - len(self.token)))
+        if idx >= 0:
+            del self.buf[idx:]
+            self.done = True
+        elif len(self.buf) > self.cap + len(self.token):
+            self.over = True
+            del self.buf[self.cap:]
+
+    def text(self) -> str:
+        return bytes(self.buf[: self.cap]).decode("utf-8", "replace")
+
+
+class _Channel:
+    """Host end of one sandbox child: protocol socket + stdout/stderr pipes."""
+
+    def __init__(self, sock: socket.socket, out_r: int, err_r: int) -> None:
+        self.sock = sock
+        self.out_r = out_r
+        self.err_r = err_r
+        sock.setblocking(False)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        self.broken = False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        for fd in (self.out_r, self.err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _Exchange:
+    """The result of driving one request through a channel."""
+
+    def __init__(self) -> None:
+        self.reply: dict[str, Any] | None = None
+        self.setup_error: str | None = None
+        self.timed_out = False
+        self.limit: tuple[str, str] | None = None
+        self.protocol_error: str | None = None
+        self.eof = False
+        self.stdout = ""
+        self.stderr = ""
+
+
+def _drive(
+    ch: _Channel, request: dict[str, Any], limits: Limits, memory: MemoryBridge | None,
+    loop: asyncio.AbstractEventLoop | None, deadline: float,
+) -> _Exchange:
+    ex = _Exchange()
+    token = str(request["token"]).encode()
+    streams = {ch.out_r: _Stream("stdout", limits.stdout_bytes, token),
+               ch.err_r: _Stream("stderr", limits.stderr_bytes, token)}
+    frames = FrameBuffer(limits.reply_bytes)
+    outbuf = bytearray(encode(request))
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        sock_open = True
+        grace_until: float | None = None
+        while True:
+            if ex.reply is not None and all(s.done for s in streams.values()):
+                break
+            if not sock_open and all(s.done for s in streams.values()):
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                if ex.reply is None:
+                    ex.timed_out = True
+                break
+            if grace_until is not None and now >= grace_until:
+                break
+            timeout = deadline - now if grace_until is None else min(deadline, grace_until) - now
+            events = sel.select(timeout)
+            for key, mask in events:
+                if key.fileobj is ch.sock:
+                    if mask & selectors.EVENT_WRITE and outbuf:
+                        try:
+                            n = ch.sock.send(outbuf)
+                            del outbuf[:n]
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            outbuf.clear()
+                    if not mask & selectors.EVENT_READ:
+                        if not outbuf:
+                            sel.modify(ch.sock, selectors.EVENT_READ)
+                        continue
+                    try:
+                        data = ch.sock.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sock_open = False
+                        ex.eof = True
+                        sel.unregister(ch.sock)
+                        if grace_until is None:
+                            grace_until = time.monotonic() + 0.25
+                        continue
+                    try:
+                        msgs = frames.feed(data)
+                    except FrameTooLargeError as exc:
+                        ex.limit = ("reply_size", f"reply of {exc.size} bytes exceeds {exc.cap}")
+                        return ex
+                    except ProtocolError as exc:
+                        ex.protocol_error = str(exc)
+                        return ex
+                    for msg in msgs:
+                        op = msg.get("op")
+                        if op == "result" and ex.reply is None:
+                            ex.reply = msg
+                            if grace_until is None:
+                                grace_until = time.monotonic() + 0.25
+                        elif op == "memory" and ex.reply is None:
+                            outbuf += encode(_memory_rpc(msg, memory, loop, deadline))
+                            sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                        elif op == "setup_error":
+                            ex.setup_error = str(msg.get("message", ""))[:2000]
+                            return ex
+                        else:
+                            ex.protocol_error = f"unexpected message {str(op)[:40]!r}"
+                            return ex
+                else:
+                    s = streams[key.fd]  # type: ignore[index]
+                    try:
+                        data = os.read(key.fd, 1 << 16)  # type: ignore[arg-type]
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    s.feed(data)
+                    if s.done:
+                        sel.unregister(key.fd)
+                    if s.over:
+                        ex.limit = (s.name, f"more than {s.cap} bytes written")
+                        return ex
+        return ex
+    finally:
+        sel.close()
+        ex.stdout = streams[ch.out_r].text()
+        ex.stderr = streams[ch.err_r].text()
+
+
+def _memory_rpc(msg: dict[str, Any], memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None,
+                deadline: float) -> dict[str, Any]:
+    method = msg.get("method")
+    args = msg.get("args", [])
+    kwargs = msg.get("kwargs", {})
+    if memory is None:
+        return {"ok": False, "error": "no memory is available to this call"}
+    if method not in _MEMORY_METHODS or not callable(getattr(memory, str(method), None)):
+        return {"ok": False, "error": f"memory method {str(method)[:40]!r} is not allowed"}
+    if not isinstance(args, list) or len(args) > 4 or not isinstance(kwargs, dict):
+        return {"ok": False, "error": "memory arguments must be a short list and a dict"}
+    for k in kwargs:
+        if not isinstance(k, str) or k.startswith("_") or any(p in k.lower() for p in _FORBIDDEN_KWARG_PARTS):
+            return {"ok": False, "error": f"memory argument {str(k)[:40]!r} is not allowed"}
+    try:
+        value = getattr(memory, str(method))(*args, **kwargs)
+        if inspect.isawaitable(value):
+            if loop is not None and loop.is_running():
+                fut = asyncio.run_coroutine_threadsafe(_as_coro(value), loop)
+                value = fut.result(max(0.0, deadline - time.monotonic()))
+            else:
+                value = asyncio.run(_as_coro(value))
+        return {"ok": True, "value": _to_json(value)}
+    except Exception as exc:  # the bridge's failure goes back to the plugin
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+async def _as_coro(aw: Any) -> Any:
+    return await aw
+
+
+def _to_json(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=_default, allow_nan=False))
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+def _fail(plugin: str, ex: _Exchange, exit_info: dict[str, Any] | None, cg_hit: set[str],
+          limits: Limits) -> Exception:
+    """Turn a failed exchange into the typed error the host raises."""
+    err = ex.stderr
+    if ex.timed_out:
+        return PluginTimeout(plugin, limits.wall_seconds, stderr=err)
+    if ex.limit is not None:
+        return LimitExceeded(plugin, ex.limit[0], ex.limit[1], stderr=err)
+    if ex.setup_error is not None:
+        return SandboxError(plugin, f"sandbox setup failed: {ex.setup_error}", stderr=err)
+    if ex.protocol_error is not None:
+        return SandboxError(plugin, f"malformed reply from the sandbox: {ex.protocol_error}", stderr=err)
+    sig = int(exit_info.get("signal") or 0) if exit_info else 0
+    cpu = float(exit_info.get("cpu") or 0.0) if exit_info else 0.0
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
+        return LimitExceeded(plugin, "cpu", f"used {cpu:.2f} s of CPU, limit {limits.cpu_seconds} s", stderr=err)
+    if sig == signal.SIGXFSZ:
+        return LimitExceeded(plugin, "file_size", f"wrote past {limits.file_size_mb} MiB", stderr=err)
+    if "memory" in cg_hit:
+        return LimitExceeded(plugin, "memory", f"over {limits.memory_mb} MiB (killed by the cgroup)", stderr=err)
+    if sig:
+        return SandboxError(plugin, f"sandbox process crashed with {_SIGNAMES.get(sig, sig)}", stderr=err)
+    if exit_info is not None:
+        return SandboxError(plugin, f"sandbox process exited with code {exit_info.get('code')} without a reply",
+                            stderr=err)
+    return SandboxError(plugin, "sandbox process died without a reply", stderr=err)
+
+
+def _from_reply(plugin: str, reply: dict[str, Any], ex: _Exchange, cg_hit: set[str]) -> Any:
+    """Validate a reply (it may be forged) and return the result or raise."""
+    ok = reply.get("ok")
+    if ok is True and "result" in reply:
+        return reply["result"]
+    if ok is not False:
+        raise SandboxError(plugin, "malformed reply from the sandbox: bad 'ok' field", stderr=ex.stderr)
+    kind = reply.get("kind")
+    message = str(reply.get("message", ""))[:4000]
+    if kind == "limit":
+        lim = str(reply.get("limit"))
+        if lim not in _LIMIT_NAMES:
+            raise SandboxError(plugin, f"malformed reply: unknown limit {lim[:40]!r}", stderr=ex.stderr)
+        raise LimitExceeded(plugin, lim, message, stderr=ex.stderr)
+    if kind == "invalid_result":
+        raise InvalidResult(plugin, message, stderr=ex.stderr)
+    if kind == "error":
+        if "processes" in cg_hit and "fork" in message.lower():
+            raise LimitExceeded(plugin, "processes", message, stderr=ex.stderr)
+        raise PluginError(plugin, f"{str(reply.get('type', 'Exception'))[:200]}: {message}",
+                          plugin_traceback=str(reply.get("traceback", ""))[:65536], stderr=ex.stderr)
+    raise SandboxError(plugin, "malformed reply from the sandbox: unknown kind", stderr=ex.stderr)
+
+
+class _Worker:
+    """One sandbox child (a fork-per-call child, or a warm worker serving many calls)."""
+
+    def __init__(self, ex: SandboxExecutor, spec: PluginSpec, settings: PluginSettings, limits: Limits,
+                 mode: str) -> None:
+        self.ex = ex
+        self.spec = spec
+        self.limits = limits
+        self.mode = mode
+        self.calls = 0
+        self.max_calls = settings.warm_max_calls if mode == "warm" else 1
+        self.lock = threading.Lock()
+        self.dead = False
+        self.id = f"c{next(ex._ids)}"
+        self.slot = ex._acquire_slot(limits.wall_seconds)
+        self.workdir = ""
+        self.mounted = False
+        self.ch: _Channel | None = None
+        try:
+            self._start(settings)
+        except BaseException:
+            self.retire()
+            raise
+
+    def _start(self, settings: PluginSettings) -> None:
+        ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
+        self.workdir = os.path.join(ex._base, self.id)
+        os.mkdir(self.workdir, 0o700)
+        if ex._tmpfs_ok:
+            _layers.mount_tmpfs(self.workdir, limits.work_dir_mb, max(slot.uid, 0), max(slot.gid, 0))
+            self.mounted = True
+        elif slot.uid > 0:
+            os.chown(self.workdir, slot.uid, slot.gid)
+        if slot.cg is not None:
+            mem = (limits.memory_mb + (limits.work_dir_mb if self.mounted else 0)) << 20
+            slot.cg.configure(mem, limits.processes)
+        code_paths = [os.path.abspath(p) for p in spec.code_paths]
+        read_paths = ex._read_paths + code_paths + ([os.path.abspath(spec.path)] if spec.path else [])
+        cfg = {
+            "spec": {"name": spec.name, "kind": spec.kind, "target": spec.target,
+                     "path": os.path.abspath(spec.path) if spec.path else None},
+            "code_paths": code_paths, "read_paths": read_paths, "workdir": self.workdir,
+            "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
+            "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
+            "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
+        }
+        hs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.ch = _Channel(hs, out_r, err_r)
+        try:
+            self.zyg = ex._zygote()
+            try:
+                self.zyg.spawn(self.id, cfg, [cs.fileno(), out_w, err_w])
+            except OSError:
+                self.zyg = ex._zygote(replace=self.zyg)
+                self.zyg.spawn(self.id, cfg, [cs.fileno(), out_w, err_w])
+        finally:
+            cs.close()
+            os.close(out_w)
+            os.close(err_w)
+
+    def run(self, hook: str, kwargs: dict[str, Any], memory: MemoryBridge | None,
+            loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
+        assert self.ch is not None
+        self.calls += 1
+        request = {"op": "call", "hook": hook, "kwargs": kwargs, "token": "\x00KAREN-END-" + secrets.token_hex(8)}
+        cg = self.slot.cg
+        deadline = time.monotonic() + self.limits.wall_seconds
+        ex = _drive(self.ch, request, self.limits, memory, loop, deadline)
+        hit = cg.hit() if cg is not None else set()
+        if ex.reply is not None and not ex.timed_out and ex.limit is None:
+            ok = ex.reply.get("ok") is True
+            if not ok or self.calls >= self.max_calls:
+                self.retire()
+            try:
+                result = _from_reply(self.spec.name, ex.reply, ex, hit)
+            except BaseException:
+                self.retire()
+                raise
+            return CallOutcome(result, ex.stdout, ex.stderr)
+        # failure without a usable reply: kill, then classify with the exit status
+        self.zyg.kill_call(self.id)
+        if cg is not None:
+            cg.kill_all()
+        info = self.zyg.wait_for(self.id, "exited", _EXIT_WAIT)
+        hit = cg.hit() if cg is not None else set()
+        self.retire()
+        raise _fail(self.spec.name, ex, info, hit, self.limits)
+
+    def retire(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        zyg = getattr(self, "zyg", None)
+        if self.ch is not None:
+            self.ch.close()
+        if zyg is not None:
+            zyg.kill_call(self.id)
+        if self.slot.cg is not None:
+            if not self.slot.cg.kill_all():
+                log.error("sandbox slot %d could not be emptied; it is retired", self.slot.index)
+                zyg = None
+                self.slot = None  # type: ignore[assignment]
+        elif zyg is not None:
+            zyg.wait_for(self.id, "exited", _EXIT_WAIT)
+        if zyg is not None:
+            zyg.forget(self.id)
+        if self.mounted:
+            with contextlib.suppress(OSError):
+                _layers.umount(self.workdir)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.slot is not None:
+            self.ex._release_slot(self.slot)
+
+
+class SandboxExecutor:
+    """Runs untrusted plugins' hooks in exec'd, layered sandbox processes.
+
+    Thread-safe and usable from several event loops at once. ``slots`` bounds
+    concurrent sandboxed calls; when the host runs as root each slot runs as
+    its own unprivileged uid ``uid_base + slot`` (default 61000+; override with
+    ``KAREN_SANDBOX_UID_BASE``).
+    """
+
+    def __init__(self, slots: int | None = None, uid_base: int | None = None) -> None:
+        self._nslots = slots or max(4, 2 * (os.cpu_count() or 1) + 2)
+        if uid_base is None:
+            uid_base = int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000"))
+        self._root = os.geteuid() == 0
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._zyg: _Zygote | None = None
+        self._closed = False
+        self._base = tempfile.mkdtemp(prefix="karen-sandbox-")
+        os.chmod(self._base, 0o711)
+        self._cgroups = _layers.CgroupManager(f"karen-sandbox-{os.getpid()}-{secrets.token_hex(3)}")
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        for i in range(self._nslots):
+            uid = uid_base + i if self._root else -1
+            cg = self._cgroups.slot(i) if self._cgroups.active else None
+            self._slots.put(_Slot(i, uid, uid, cg))
+        self._tmpfs_ok, self._tmpfs_why = self._probe_tmpfs(uid_base)
+        self._read_paths = _system_read_paths()
+        self._required: list[str] = []
+        self._layer_status: list[LayerStatus] = []
+        self._warm: dict[str, _Worker] = {}
+        self._describe_cache: dict[Any, dict[str, Any]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
+        self._reported = False
+
+    # -- setup ---------------------------------------------------------
+
+    def _probe_tmpfs(self, uid: int) -> tuple[bool, str]:
+        if not self._root:
+            return False, "host is not root: work dir size is not capped (only RLIMIT_FSIZE per file)"
+        d = os.path.join(self._base, "probe")
+        os.mkdir(d)
+        try:
+            _layers.mount_tmpfs(d, 1, uid, uid)
+            _layers.umount(d)
+            return True, "size-capped tmpfs per call"
+        except OSError as exc:
+            return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
+        finally:
+            os.rmdir(d)
+
+    def _zygote(self, replace: _Zygote | None = None) -> _Zygote:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("<sandbox>", "the sandbox executor is closed")
+            z = self._zyg
+            if z is not None and (z is replace or not z.alive or z.proc.poll() is not None):
+                z.kill()
+                z = self._zyg = None
+            if z is None:
+                probe = {"workdir": self._base, "uid": self._nslots + (60999 if self._root else -1),
+                         "gid": self._nslots + (60999 if self._root else -1),
+                         "read_paths": self._read_paths, "limits": Limits().model_dump(), "env": {}}
+                if self._root:
+                    probe["uid"] = probe["gid"] = self._slot_uid_for_probe()
+                z = self._zyg = _Zygote(probe)
+                self._set_layers(z.layers)
+            return z
+
+    def _slot_uid_for_probe(self) -> int:
+        return int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000")) + self._nslots
+
+    def _set_layers(self, child: dict[str, list[Any]]) -> None:
+        statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)
+        self._layer_status = statuses
+        child_layers = {"netns", "landlock", "rlimits", "uid", "no_new_privs", "seccomp"}
+        self._required = [s.name for s in statuses if s.active and s.name in child_layers]
+        if not self._reported:
+            self._reported = True
+            for s in statuses:
+                if not s.active:
+                    log.warning("sandbox layer %s is MISSING on this machine: %s", s.name, s.detail)
+                    warnings.warn(f"karen-hooks sandbox layer {s.name!r} is missing: {s.detail}",
+                                  SandboxLayerWarning, stacklevel=3)
+
+    def layers(self) -> list[LayerStatus]:
+        """Which layers are active (starts the zygote if needed)."""
+        self._zygote()
+        return list(self._layer_status)
+
+    def _acquire_slot(self, timeout: float) -> _Slot:
+        try:
+            return self._slots.get(timeout=timeout)
+        except queue.Empty:
+            with self._lock:
+                idle = [w for w in self._warm.values() if not w.lock.locked()]
+                if idle:
+                    w = idle[0]
+                    self._warm = {k: v for k, v in self._warm.items() if v is not w}
+                    w.retire()
+            try:
+                return self._slots.get(timeout=timeout)
+            except queue.Empty:
+                raise SandboxError("<sandbox>", f"no free sandbox slot within {timeout:g} s") from None
+
+    def _release_slot(self, slot: _Slot) -> None:
+        self._slots.put(slot)
+
+    # -- the Executor protocol ----------------------------------------------
+
+    def describe(self, spec: PluginSpec, settings: PluginSettings, limits: Limits) -> dict[str, Any]:
+        key: Any = (spec.distribution, spec.version) if spec.distribution and spec.version else spec
+        with self._lock:
+            cached = self._describe_cache.get(key)
+        if cached is not None:
+            return json.loads(json.dumps(cached))
+        out = self._call_sync(spec, "karen_intent", {}, settings.model_copy(update={"mode": "fork"}), limits,
+                              None, None).result
+        if not isinstance(out, dict) or not isinstance(out.get("intents"), list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in out["intents"]
+        ):
+            raise SandboxError(spec.name, "malformed reply from the sandbox: intents must be a list of objects")
+        result = {"intents": out["intents"]}
+        with self._lock:
+            self._describe_cache[key] = result
+        return json.loads(json.dumps(result))
+
+    async def call(self, spec: PluginSpec, hook: str, kwargs: dict[str, Any], settings: PluginSettings,
+                   limits: Limits, memory: MemoryBridge | None = None) -> CallOutcome:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._call_sync, spec, hook, kwargs, settings, limits, memory, loop)
+
+    def call_sync(self, spec: PluginSpec, hook: str, kwargs: dict[str, Any], settings: PluginSettings,
+                  limits: Limits, memory: MemoryBridge | None = None) -> CallOutcome:
+        """Blocking variant of :meth:`call`, for threads without an event loop."""
+        return self._call_sync(spec, hook, kwargs, settings, limits, memory, None)
+
+    def _call_sync(self, spec: PluginSpec, hook: str, kwargs: dict[str, Any], settings: PluginSettings,
+                   limits: Limits, memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None
+                   ) -> CallOutcome:
+        try:
+            json.dumps(kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(spec.name, f"call arguments are not JSON data: {exc}") from None
+        if settings.mode != "warm":
+            w = _Worker(self, spec, settings, limits, "fork")
+            try:
+                return w.run(hook, kwargs, memory, loop)
+            finally:
+                w.retire()
+        key = json.dumps([asdict(spec), sorted(settings.env.items()), limits.model_dump(),
+                          settings.warm_max_calls], sort_keys=True)
+        while True:
+            with self._lock:
+                w = self._warm.get(key)
+                if w is None or w.dead:
+                    w = None
+            if w is None:
+                new = _Worker(self, spec, settings, limits, "warm")
+                with self._lock:
+                    w = self._warm.get(key)
+                    if w is None or w.dead:
+                        self._warm[key] = w = new
+                        new = None  # type: ignore[assignment]
+                if new is not None:
+                    new.retire()
+            with w.lock:
+                if w.dead:
+                    continue
+                try:
+                    return w.run(hook, kwargs, memory, loop)
+                finally:
+                    if w.dead:
+                        with self._lock:
+                            if self._warm.get(key) is w:
+                                del self._warm[key]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            warm, self._warm = list(self._warm.values()), {}
+        for w in warm:
+            w.retire()
+        self._pool.shutdown(wait=False)
+        if self._zyg is not None:
+            self._zyg.kill()
+        while True:
+            try:
+                slot = self._slots.get_nowait()
+            except queue.Empty:
+                break
+            if slot.cg is not None:
+                slot.cg.remove()
+        self._cgroups.remove()
+        shutil.rmtree(self._base, ignore_errors=True)
+
+    def __enter__(self) -> SandboxExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()

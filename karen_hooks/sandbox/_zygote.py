@@ -1,0 +1,185 @@
+"""The zygote: an exec'd, secret-free process that forks one sandbox child per call.
+
+Started by the host as ``python -I -c <bootstrap> <ctrl-fd>`` with an empty
+environment, a fresh session and no inherited descriptors but its control
+socket (a unix SOCK_SEQPACKET). It never runs plugin code itself. For each
+``spawn`` request the host passes three descriptors (protocol socket, stdout
+pipe, stderr pipe) with SCM_RIGHTS; the zygote forks a child that applies every
+layer (see :mod:`._layers`) and then serves the call over the protocol socket.
+The zygote is a child subreaper, reaps every child and reports exit statuses.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from . import _layers
+
+_CTRL_MAX = 1 << 20
+
+
+def _send(ctrl: socket.socket, obj: dict[str, Any]) -> None:
+    try:
+        ctrl.send(json.dumps(obj).encode())
+    except OSError:
+        os._exit(0)  # host gone: nothing left to serve
+
+
+def _probe(cfg: dict[str, Any], filt: Any) -> dict[str, Any]:
+    """Fork a throwaway child that applies every layer best-effort and reports."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        from ._child import apply_layers
+
+        try:
+            status = apply_layers(cfg, filt, strict=False)
+        except BaseException as exc:  # pragma: no cover - reported to the host
+            status = {"_error": [False, repr(exc)]}
+        os.write(w, json.dumps(status).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    try:
+        return dict(json.loads(data.decode()))
+    except ValueError:
+        return {"_error": [False, "probe child died"]}
+
+
+def main(ctrl_fd: int) -> None:
+    # Pre-import what every child needs, so forks start warm.
+    import asyncio  # noqa: F401
+    import importlib.util  # noqa: F401
+    import inspect  # noqa: F401
+    import traceback  # noqa: F401
+
+    import pluggy  # noqa: F401
+    import pydantic  # noqa: F401
+
+    import karen_hooks  # noqa: F401
+    import karen_hooks.hookspecs  # noqa: F401
+
+    from . import _child, _protocol  # noqa: F401
+
+    try:
+        import karen_hooks._prompts  # noqa: F401
+    except Exception:
+        pass
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    try:
+        _layers.set_subreaper()
+        subreaper = (True, "PR_SET_CHILD_SUBREAPER")
+    except OSError as exc:
+        subreaper = (False, str(exc))
+    ok, why = _layers.seccomp_available()
+    filt = None
+    if ok:
+        try:
+            filt = _layers.build_seccomp_filter()
+        except Exception as exc:
+            why = f"building the filter failed: {exc}"
+    seccomp_reason = why
+    abi = _layers.landlock_abi()
+
+    hello = json.loads(ctrl.recv(_CTRL_MAX).decode())
+    probe_cfg = dict(hello["probe"], landlock_abi=abi)
+    status = _probe(probe_cfg, filt)
+    if filt is None:
+        status["seccomp"] = [False, seccomp_reason]
+    status["subreaper"] = list(subreaper)
+    status["landlock_abi"] = [abi > 0, str(abi)]
+    _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status})
+
+    children: dict[int, str] = {}
+    rpipe, wpipe = os.pipe()
+    os.set_blocking(wpipe, False)
+    os.set_blocking(rpipe, False)
+    signal.set_wakeup_fd(wpipe)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    gc.freeze()
+
+    while True:
+        try:
+            ready, _, _ = select.select([ctrl, rpipe], [], [])
+        except InterruptedError:
+            continue
+        if rpipe in ready:
+            try:
+                os.read(rpipe, 4096)
+            except BlockingIOError:
+                pass
+            _reap(ctrl, children)
+        if ctrl in ready:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctrl, _CTRL_MAX, 3)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for pid in children:
+                    _kill_group(pid)
+                os._exit(0)
+            msg = json.loads(data.decode())
+            op = msg.get("op")
+            if op == "spawn":
+                cfg = dict(msg["cfg"], landlock_abi=abi)
+                pid = os.fork()
+                if pid == 0:
+                    os.close(rpipe)
+                    os.close(wpipe)
+                    _child.child_main(cfg, fds, filt, ctrl.fileno())
+                    os._exit(0)  # pragma: no cover
+                for fd in fds:
+                    os.close(fd)
+                children[pid] = msg["id"]
+                _send(ctrl, {"op": "started", "id": msg["id"], "pid": pid})
+            elif op == "kill":
+                for pid, cid in children.items():
+                    if cid == msg["id"]:
+                        _kill_group(pid)
+            elif op == "exit":
+                os._exit(0)
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+
+def _kill_group(pid: int) -> None:
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except OSError:
+            pass
+
+
+def _reap(ctrl: socket.socket, children: dict[int, str]) -> None:
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        cid = children.pop(pid, None)
+        if cid is not None:
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            _send(ctrl, {"op": "exited", "id": cid, "signal": sig, "code": code,
+                         "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
+        # orphans adopted as subreaper are simply reaped
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(int(sys.argv[1]))
