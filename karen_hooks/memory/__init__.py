@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from ._backend import MemoryBackend
 from ._inmemory import InMemoryBackend
-from ._manager import AsyncMemoryManager, MemoryManager, MemoryStats, MemoryWriteStatus, TenantMemory, summarize
+from ._manager import (
+    AsyncMemoryManager,
+    MemoryManager,
+    MemoryStats,
+    MemoryWriteStatus,
+    TenantMemory,
+    UnavailableMemory,
+    summarize,
+)
 from ._records import MemoryRecord, tokenize
 from ._select import default_memory_url, open_backend, redact_url
 from ._sqlite import SQLiteBackend
@@ -42,6 +50,7 @@ __all__ = [
     "PostgresBackend",
     "SQLiteBackend",
     "TenantMemory",
+    "UnavailableMemory",
     "default_memory_url",
     "open_backend",
     "redact_url",

@@ -216,6 +216,13 @@ class MemoryManager:
         tenant, user = self.resolve(user_ctx)
         return TenantMemory(self, tenant, user, plugin)
 
+    def handle_for(self, user_ctx: Any, plugin: str | None = None) -> TenantMemory | UnavailableMemory:
+        """Like :meth:`scoped`, but a caller without a tenant gets a handle that raises on use."""
+        try:
+            return self.scoped(user_ctx, plugin)
+        except TenantError as exc:
+            return UnavailableMemory(str(exc))
+
     def remember_run(
         self, user_ctx: Any, plugin: str, intent: str, params: Any, result: Any, *, store_params: bool | None = None
     ) -> MemoryWriteStatus:
@@ -232,6 +239,11 @@ class MemoryManager:
             return MemoryWriteStatus(ok=False, skipped=f"plugins.{plugin}.remember is off")
         try:
             tenant, user = self.resolve(user_ctx)
+        except TenantError as exc:
+            self._event("run_no_tenant", plugin=plugin)
+            log.info("run of plugin %s intent %s not remembered: %s", plugin, intent, exc)
+            return MemoryWriteStatus(ok=False, error=f"no tenant: {exc}")
+        try:
             values = _param_dict(params)
             summary = summarize(result)
             payload: dict[str, Any] = {
@@ -316,6 +328,21 @@ class TenantMemory:
 
     def __repr__(self) -> str:
         return f"TenantMemory(tenant_id={self.tenant_id!r}, user_id={self.user_id!r}, plugin={self.plugin!r})"
+
+
+class UnavailableMemory:
+    """``ctx.memory`` when the call has no tenant: every use raises :class:`TenantError` saying why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise TenantError(self.reason)
+
+    write = read = delete = list = _fail
+
+    def __repr__(self) -> str:
+        return f"UnavailableMemory({self.reason!r})"
 
 
 class AsyncMemoryManager:

@@ -50,8 +50,8 @@ def open_backend(url: str | None = None, *, hook: Any = None) -> MemoryBackend:
     Built-in schemes: ``memory://``, ``sqlite:///...``, ``postgresql://...``
     (also ``postgres://`` and ``postgresql+psycopg://``). Any other scheme is
     offered to ``hook.karen_memory_backend(url=...)``, where ``hook`` is the
-    pluggy hook relay (or pluggy ``PluginManager``) of *trusted* plugins only;
-    the first non-``None`` answer wins.
+    pluggy hook relay (or pluggy ``PluginManager``, or a list of them) of
+    *trusted* plugins only; the first non-``None`` answer wins.
     """
     url = url or default_memory_url()
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -67,10 +67,11 @@ def open_backend(url: str | None = None, *, hook: Any = None) -> MemoryBackend:
         from ._postgres import PostgresBackend
 
         return PostgresBackend("postgresql" + url[len(scheme):])
-    relay = getattr(hook, "hook", hook)
     found = None
-    if relay is not None and hasattr(relay, "karen_memory_backend"):
-        found = relay.karen_memory_backend(url=url)
+    for one in _relays(hook):
+        found = one.karen_memory_backend(url=url)
+        if found is not None:
+            break
     if found is None:
         raise ConfigError(
             f"no memory backend handles {scheme + '://' if scheme else 'this URL'} "
@@ -84,3 +85,11 @@ def open_backend(url: str | None = None, *, hook: Any = None) -> MemoryBackend:
             f"the plugin backend for {scheme}:// lacks MemoryBackend method(s) {', '.join(missing)}"
         )
     return found
+
+
+def _relays(hook: Any) -> list[Any]:
+    if hook is None:
+        return []
+    many = hook if isinstance(hook, (list, tuple)) else [hook]
+    relays = [getattr(h, "hook", h) for h in many]
+    return [r for r in relays if hasattr(r, "karen_memory_backend")]
