@@ -23,7 +23,9 @@ from ._loader import (
     register,
     spec_for,
 )
-from ._models import Intent, LoadProblem, PluginInfo, UserContext
+from ._metrics import get_metrics
+from ._tracing import enable_hook_tracing
+from ._models import Intent, LoadProblem, PluginInfo, PluginSpec, UserContext
 from ._rbac import is_allowed
 
 log = logging.getLogger("karen_hooks.router")
@@ -73,8 +75,11 @@ class PluginRouter:
         *,
         executor: Executor | None = None,
         plugin_dir: str | Path | None = None,
+        metrics_registry: Any = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        #: where load errors are counted (``None``: prometheus-client's global registry)
+        self.metrics_registry = metrics_registry
         if plugin_dir is not None:
             self.settings = self.settings.model_copy(update={"plugin_dir": str(plugin_dir)})
         self._executor = executor
@@ -124,6 +129,7 @@ class PluginRouter:
         where = f" from distribution {problem.distribution}" if problem.distribution else ""
         log.warning("plugin %r%s skipped: %s", problem.plugin, where, problem.reason)
         self.problems.append(problem)
+        get_metrics(self.metrics_registry).load_error(problem.plugin)
 
     def _guard(self, name: str, dist: str | None, load: Any) -> None:
         """Each plugin loads inside its own error boundary."""
@@ -152,6 +158,8 @@ class PluginRouter:
             self._by_intent[it.name] = info.name
         if caller is not None:
             self._callers[info.name] = caller
+            if self.settings.trace_plugins:
+                enable_hook_tracing(caller, info.name, show_values=self.settings.audit_params)
 
     def _load_entry_point(self, cand: Candidate) -> None:
         if (why := api_version_problem(cand, HOST_VERSION)) is not None:
@@ -192,6 +200,21 @@ class PluginRouter:
             manifest=d.manifest.model_dump(),
         )
         self._add(info, caller)
+
+    def register_plugin(self, obj: Any, name: str) -> PluginInfo:
+        """Register an in-process plugin object (the embedding application's own code).
+
+        Like ``pluggy.PluginManager.register``: the object is code the host
+        application already runs, so it is treated as trusted and called in-host.
+        Its intents are validated exactly like an installed plugin's.
+        """
+        caller = register(name, obj)
+        intents = _validate_intents(name, caller.hook.karen_intent())
+        spec = PluginSpec(name=name, kind="entry_point", target=f"{type(obj).__module__}:{name}")
+        info = PluginInfo(name=name, spec=spec, intents=intents, trusted=True, sandboxed=False,
+                          ui_trusted=self.settings.plugin(name).ui_trusted)
+        self._add(info, caller)
+        return info
 
     # -- queries ---------------------------------------------------------
 

@@ -1,0 +1,1 @@
+def run(params): return 1

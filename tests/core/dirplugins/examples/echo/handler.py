@@ -1,0 +1,3 @@
+def run(params):
+    print("echo handler ran")
+    return {"echo": params.get("text", "")}

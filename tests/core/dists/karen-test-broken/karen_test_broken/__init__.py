@@ -1,0 +1,1 @@
+raise RuntimeError("karen-test-broken explodes at import")

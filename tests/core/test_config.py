@@ -1,0 +1,68 @@
+"""Operator settings: strict booleans, env overrides, config file errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from karen_hooks import ConfigError, load_settings, parse_bool
+
+
+@pytest.mark.parametrize("raw, value", [("1", True), ("TRUE", True), ("yes", True), ("On", True),
+                                        ("0", False), ("false", False), ("NO", False), ("off", False)])
+def test_booleans(raw: str, value: bool) -> None:
+    assert parse_bool(raw, "X") is value
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "tru"])
+def test_anything_else_is_an_error(raw: str) -> None:
+    with pytest.raises(ConfigError, match="ADVANCED_MODE=.* is not a boolean: use one of 1/true/yes/on"):
+        load_settings(environ={"ADVANCED_MODE": raw})
+
+
+def test_advanced_mode_false_means_false() -> None:
+    """The old system enabled UI loading for ADVANCED_MODE=false."""
+    assert load_settings(environ={"ADVANCED_MODE": "false"}).advanced_mode is False
+    assert load_settings(environ={"ADVANCED_MODE": "on"}).advanced_mode is True
+
+
+def test_env_lists_and_limits() -> None:
+    s = load_settings(environ={"KAREN_TRUSTED_PLUGINS": "a, b", "KAREN_LOAD_PLUGINS": "", "KARI_CPU_LIMIT": "3",
+                               "KARI_PLUGIN_DIR": "/srv/plugins"})
+    assert s.trusted_plugins == ["a", "b"] and s.load_plugins == [] and s.limits.cpu_seconds == 3
+    assert s.plugin_dir == "/srv/plugins"
+    assert load_settings(environ={}).load_plugins is None
+
+
+def test_bad_cpu_limit() -> None:
+    with pytest.raises(ConfigError, match="KARI_CPU_LIMIT='fast' must be a positive whole number"):
+        load_settings(environ={"KARI_CPU_LIMIT": "fast"})
+
+
+def test_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "karen.toml"
+    cfg.write_text(
+        'trusted_plugins = ["time-query"]\n[role_inheritance]\nadmin = ["user", "ops"]\n'
+        '[plugins.weather]\nui_trusted = true\nlimits = { wall_seconds = 2 }\nenv = { KEY = "v" }\n'
+    )
+    s = load_settings(environ={"KAREN_CONFIG": str(cfg), "KAREN_TRUSTED_PLUGINS": "weather"})
+    assert s.trusted_plugins == ["time-query", "weather"]
+    assert s.is_trusted("weather") and s.plugin("weather").ui_trusted
+    assert s.limits_for("weather").wall_seconds == 2 and s.limits_for("other").wall_seconds == 10
+    assert s.role_inheritance == {"admin": ["user", "ops"]}
+
+
+def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "karen.toml"
+    cfg.write_text("[plugins.weather]\ntrusted = \"perhaps\"\n")
+    with pytest.raises(ConfigError, match="plugins.weather.trusted"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)})
+    cfg.write_text("[plugins.weather]\ntrustd = true\n")
+    with pytest.raises(ConfigError, match="plugins.weather.trustd: Extra inputs are not permitted"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(environ={"KAREN_CONFIG": str(tmp_path / "missing.toml")})
+    cfg.write_text("[plugins.w]\nlimits = { wall_seconds = -1 }\n")
+    with pytest.raises(ConfigError, match=r"\[plugins.w.limits\] is invalid"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)}).limits_for("w")

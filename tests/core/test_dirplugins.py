@@ -1,0 +1,84 @@
+"""Directory plugins in the old format: manifests validated, handler code only where trust allows."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from karen_hooks import PluginManager, PluginRouter, UntrustedPluginError
+
+from .conftest import USER, settings
+
+DIR = Path(__file__).parent / "dirplugins"
+
+
+def names(router: PluginRouter) -> list[str]:
+    return [p.name for p in router.list_plugins()]
+
+
+def test_invalid_manifest_is_reported_with_fields_and_fix(recorder) -> None:
+    router = PluginRouter(settings(plugin_dir=str(DIR), load_plugins=["echo", "invalid", "asyncer"]), executor=recorder)
+    [problem] = router.problems
+    assert problem.plugin == "invalid"
+    for field in ("plugin_api_version", "enable_external_workflow", "required_roles", "trusted_ui"):
+        assert f"field {field!r}: Field required" in problem.reason
+    assert set(names(router)) == {"echo", "asyncer"}
+
+
+def test_categories_and_manifest_intents(recorder) -> None:
+    router = PluginRouter(settings(plugin_dir=str(DIR), load_plugins=["echo", "asyncer"]), executor=recorder)
+    assert router.get_plugin("echo").category == "examples"
+    assert router.get_plugin("asyncer").category == "automation"
+    assert router.list_intents() == ["asyncer.run", "echo", "echo_loud"]
+    assert router.get_plugin("echo").prompt == "Repeat after me: {{ params.text }}\n"
+
+
+def test_trusted_with_sandbox_false_runs_in_host(recorder) -> None:
+    s = settings(plugin_dir=str(DIR), load_plugins=["echo"], trusted_plugins=["echo"])
+    m = PluginManager(router=PluginRouter(s, executor=recorder))
+    result, out, _ = asyncio.run(m.run_plugin("echo", {"text": "hi"}, USER, intent="echo"))
+    assert result == {"echo": "hi"} and out == "echo handler ran\n"
+    assert recorder.calls == []
+
+
+def test_sandbox_false_without_operator_trust_still_sandboxes(recorder) -> None:
+    s = settings(plugin_dir=str(DIR), load_plugins=["echo"])
+    m = PluginManager(router=PluginRouter(s, executor=recorder))
+    assert m.router.get_plugin("echo").sandboxed
+    asyncio.run(m.run_plugin("echo", {"text": "hi"}, USER, intent="echo"))
+    assert [c[0].kind for c in recorder.calls] == ["directory"]
+    assert not any("karen_dirplugin_echo" in k for k in sys.modules)
+
+
+def test_async_handler_with_ctx_and_schema(recorder) -> None:
+    s = settings(plugin_dir=str(DIR), load_plugins=["asyncer"], trusted_plugins=["asyncer"])
+    m = PluginManager(router=PluginRouter(s, executor=recorder))
+    # trusted but the manifest keeps the default "sandbox": true -> the sandbox runs it
+    asyncio.run(m.run_plugin("asyncer", {"n": 1}, USER))
+    assert recorder.calls[-1][0].name == "asyncer"
+
+
+def test_trusted_async_directory_handler_in_host(tmp_path: Path, recorder) -> None:
+    plug = tmp_path / "core" / "asyncer"
+    plug.mkdir(parents=True)
+    src = DIR / "automation" / "asyncer"
+    manifest = (src / "plugin_manifest.json").read_text().replace('"trusted_ui": true', '"trusted_ui": true, "sandbox": false')
+    (plug / "plugin_manifest.json").write_text(manifest)
+    (plug / "handler.py").write_text((src / "handler.py").read_text())
+    m = PluginManager(router=PluginRouter(settings(plugin_dir=str(tmp_path), trusted_plugins=["asyncer"]), executor=recorder))
+    result, _, _ = asyncio.run(m.run_plugin("asyncer.run", {"n": 41}, USER))
+    assert result == {"n": 42, "tenant": "acme"}
+
+
+def test_no_sandbox_means_refusal_not_in_process(monkeypatch) -> None:
+    import karen_hooks._router as router_mod
+
+    monkeypatch.setattr(router_mod, "default_executor", lambda: None)
+    s = settings(plugin_dir=str(DIR), load_plugins=["echo"])
+    m = PluginManager(router=PluginRouter(s))
+    with pytest.raises(UntrustedPluginError, match="never run in the host"):
+        asyncio.run(m.run_plugin("echo", {"text": "x"}, USER, intent="echo"))
+    assert not any("karen_dirplugin_echo" in k for k in sys.modules)

@@ -1,0 +1,171 @@
+"""PluginManager.run_plugin against real installed plugins: checks before code, capture, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from karen_hooks import (
+    AccessDenied,
+    AmbiguousIntent,
+    InvalidParams,
+    InvalidResult,
+    InvalidUserContext,
+    PluginError,
+    PluginManager,
+    PluginNotFound,
+    PluginRouter,
+)
+
+from .conftest import USER, settings
+
+TRUSTED = ["hello", "minimal", "badresult"]
+
+
+@pytest.fixture
+def manager(installed, recorder) -> PluginManager:
+    s = settings(load_plugins=["hello", "minimal", "badresult", "marker"], trusted_plugins=TRUSTED)
+    return PluginManager(router=PluginRouter(s, executor=recorder))
+
+
+def run(manager: PluginManager, *args, **kw):
+    return asyncio.run(manager.run_plugin(*args, **kw))
+
+
+def hello_calls() -> list[str]:
+    return sys.modules["karen_test_hello"].CALLS
+
+
+def test_run_returns_result_and_captured_output(manager) -> None:
+    result, out, err = run(manager, "hello", {"name": "ann", "times": 2}, USER, intent="hello.greet")
+    assert result == {"greeting": "hello ann"}
+    assert out == "greeting ann #0\ngreeting ann #1\n"
+    assert err == "err ann\nerr ann\n"
+
+
+def test_bare_intent_name_resolves(manager) -> None:
+    result, _, _ = run(manager, "minimal.double", {"n": 21}, USER)
+    assert result == {"double": 42, "label": "x"}
+
+
+def test_plugin_with_several_intents_needs_intent(manager) -> None:
+    with pytest.raises(AmbiguousIntent, match="pass intent="):
+        run(manager, "hello", {"name": "x"}, USER)
+
+
+def test_unknown_plugin_and_intent(manager) -> None:
+    with pytest.raises(PluginNotFound):
+        run(manager, "nope", {}, USER)
+    with pytest.raises(PluginNotFound, match="has no intent 'hello.nope'"):
+        run(manager, "hello", {}, USER, intent="hello.nope")
+
+
+def test_concurrent_calls_keep_their_own_output(manager) -> None:
+    async def many():
+        return await asyncio.gather(
+            *(manager.run_plugin("hello", {"name": f"n{i}", "times": 5}, USER, intent="hello.greet") for i in range(20))
+        )
+
+    for i, (result, out, err) in enumerate(asyncio.run(many())):
+        assert out == "".join(f"greeting n{i} #{k}\n" for k in range(5))
+        assert err == f"err n{i}\n" * 5
+        assert result == {"greeting": f"hello n{i}"}
+
+
+@pytest.mark.parametrize(
+    "user_ctx, problem",
+    [
+        ({"roles": ["user"]}, "user_id: Field required"),
+        ({"user_id": 123, "roles": ["user"]}, "user_id: Input should be a valid string"),
+        ({"user_id": "u", "roles": "admin"}, "roles: Input should be a valid list"),
+        ({"user_id": "u", "roles": ["user"], "tenant_id": ["a"]}, "tenant_id"),
+        ({"user_id": "", "roles": []}, "user_id"),
+        (None, "user_ctx must be a dict"),
+    ],
+)
+def test_user_ctx_is_validated_before_anything_runs(manager, user_ctx, problem) -> None:
+    before = list(hello_calls()) if "karen_test_hello" in sys.modules else []
+    with pytest.raises(InvalidUserContext, match=problem):
+        run(manager, "hello", {"name": "x"}, user_ctx, intent="hello.greet")
+    assert hello_calls() == before
+
+
+def test_json_schema_params_errors_name_plugin_intent_field(manager) -> None:
+    with pytest.raises(InvalidParams) as exc:
+        run(manager, "hello", {"name": "x", "times": 0}, USER, intent="hello.greet")
+    assert exc.value.plugin == "hello" and exc.value.intent == "hello.greet"
+    assert exc.value.errors[0]["field"] == "times" and "minimum" in exc.value.errors[0]["problem"]
+    assert "plugin 'hello' intent 'hello.greet': times:" in str(exc.value)
+    with pytest.raises(InvalidParams, match="name: 'name' is a required property"):
+        run(manager, "hello", {}, USER, intent="hello.greet")
+    assert "hello.greet" not in hello_calls()
+
+
+def test_pydantic_params_errors(manager) -> None:
+    with pytest.raises(InvalidParams, match="plugin 'minimal' intent 'minimal.double': n: Input should be a valid integer"):
+        run(manager, "minimal", {"n": "lots"}, USER)
+    assert sys.modules["karen_test_minimal"].Plugin.calls == 0
+
+
+def test_rbac_denies_before_plugin_code_runs(manager) -> None:
+    with pytest.raises(AccessDenied, match="needs one of the roles \\['admin', 'auditor'\\]"):
+        run(manager, "hello", {}, {"user_id": "u", "roles": ["user"]}, intent="hello.whoami")
+    assert "hello.whoami" not in hello_calls()
+
+
+def test_forged_role_claims_in_params_do_not_help(manager) -> None:
+    with pytest.raises(AccessDenied):
+        run(manager, "hello", {"roles": ["admin"]}, {"user_id": "u", "roles": ["user"], "admin": True}, intent="hello.whoami")
+
+
+def test_role_inheritance_default_admin_includes_user(manager) -> None:
+    result, _, _ = run(manager, "minimal", {"n": 1}, {"user_id": "root", "roles": ["admin"]})
+    assert result["double"] == 2
+
+
+def test_operator_overrides_roles_and_inheritance(installed, recorder) -> None:
+    s = settings(
+        load_plugins=["hello", "minimal"],
+        trusted_plugins=["hello", "minimal"],
+        role_inheritance={"ops": ["auditor"]},
+        plugins={"minimal": {"required_roles": ["finance"]}, "hello": {"intent_roles": {"hello.greet": ["vip"]}}},
+    )
+    m = PluginManager(router=PluginRouter(s, executor=recorder))
+    with pytest.raises(AccessDenied):
+        run(m, "minimal", {"n": 1}, {"user_id": "u", "roles": ["user"]})
+    with pytest.raises(AccessDenied):  # the default admin->user inheritance was replaced
+        run(m, "minimal", {"n": 1}, {"user_id": "u", "roles": ["admin"]})
+    assert run(m, "minimal", {"n": 1}, {"user_id": "u", "roles": ["finance"]})[0]["double"] == 2
+    with pytest.raises(AccessDenied):
+        run(m, "hello", {"name": "a"}, {"user_id": "u", "roles": ["user"]}, intent="hello.greet")
+    assert run(m, "hello", {}, {"user_id": "u", "roles": ["ops"], "tenant_id": "t"}, intent="hello.whoami")[0] == {
+        "user_id": "u", "tenant_id": "t", "roles": ["ops"], "intent": "hello.whoami"}
+
+
+def test_plugin_exception_becomes_plugin_error_with_traceback(manager) -> None:
+    with pytest.raises(PluginError) as exc:
+        run(manager, "hello", {}, USER, intent="hello.fail")
+    assert exc.value.plugin == "hello"
+    assert "ZeroDivisionError: hello.fail was asked to fail" in str(exc.value)
+    assert "karen_test_hello/__init__.py" in exc.value.plugin_traceback
+
+
+def test_non_json_result_is_refused(manager) -> None:
+    with pytest.raises(InvalidResult, match="plugin 'badresult'.*not JSON-serialisable"):
+        run(manager, "badresult", {}, USER)
+
+
+def test_calling_one_plugin_never_runs_another(manager) -> None:
+    run(manager, "minimal", {"n": 2}, USER)
+    assert hello_calls() == []
+
+
+def test_untrusted_plugin_runs_only_through_the_executor(manager, recorder) -> None:
+    result, out, _ = run(manager, "marker", {}, USER)
+    assert result == {"sandboxed": "marker"} and out == "out"
+    spec, hook, kwargs = recorder.calls[-1]
+    assert (spec.name, hook) == ("marker", "karen_run")
+    assert kwargs["ctx"] == {"user_id": "u1", "tenant_id": "acme", "roles": ["user"], "intent": "marker.x", "plugin": "marker"}
+    assert "karen_test_marker" not in sys.modules
