@@ -327,11 +327,10 @@ def test_manager_isolation_property(kind: str, tmp_path: Path) -> None:
 # -- several processes on one store --------------------------------------------------------------
 def _proc_writer(url: str, table: str | None, n: int, count: int) -> None:
     from karen_hooks import load_settings as ls
-    from karen_hooks.memory import MemoryManager as MM
-    from karen_hooks.memory import PostgresBackend, SQLiteBackend
+    from karen_hooks.memory import MemoryManager, PostgresBackend, SQLiteBackend
 
     backend = PostgresBackend(url, table=table) if table else SQLiteBackend(url)
-    m = MM("shared", backend=backend, settings=ls(environ={}))
+    m = MemoryManager("shared", backend=backend, settings=ls(environ={}))
     for i in range(count):
         m.write({"user_id": f"proc{n}"}, f"process {n} write {i}", {"n": n, "i": i})
     m.close()
