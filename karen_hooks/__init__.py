@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._models import Intent, LoadProblem, PluginContext, PluginInfo, PluginSpec, UserContext
 from .hookspecs import hookimpl, hookspec
+from .memory import AsyncMemoryManager, MemoryManager
 from ._router import PluginRouter
 from ._manager import PluginManager, RunResult
 
@@ -37,6 +38,7 @@ from ._version import __version__
 __all__ = [
     "AccessDenied",
     "AmbiguousIntent",
+    "AsyncMemoryManager",
     "ConfigError",
     "Intent",
     "InvalidParams",
@@ -47,6 +49,7 @@ __all__ = [
     "Limits",
     "LoadProblem",
     "MemoryBackendError",
+    "MemoryManager",
     "PluginContext",
     "PluginError",
     "PluginInfo",
