@@ -1,0 +1,158 @@
+"""``karen run``, ``karen prompt``, ``karen install/uninstall`` and ``karen sandbox doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import subprocess
+import sys
+from typing import Any
+
+from ._cli_common import CliError, make_router, parse_params, parse_value, print_json, progress
+from ._errors import PluginError
+from ._manager import PluginManager
+
+
+def _manager(args: argparse.Namespace) -> PluginManager:
+    return PluginManager(router=make_router(args))
+
+
+def _close(manager: PluginManager) -> None:
+    executor = manager.router._executor
+    if executor is not None:
+        executor.close()
+
+
+def _show_plugin_failure(args: argparse.Namespace, exc: PluginError) -> None:
+    """The plugin's own stderr (and, with --debug, its traceback) before the one-line error."""
+    if exc.stderr:
+        sys.stderr.write(exc.stderr if exc.stderr.endswith("\n") else exc.stderr + "\n")
+    if args.debug and exc.plugin_traceback:
+        sys.stderr.write(exc.plugin_traceback)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ._cli_common import user_context
+
+    params = parse_params(args.param, args.params_json)
+    user = user_context(args.user, args.role, args.tenant)
+    manager = _manager(args)
+    try:
+        out = asyncio.run(manager.run_plugin(args.name, params, user, intent=args.intent))
+    except PluginError as exc:
+        _show_plugin_failure(args, exc)
+        raise
+    finally:
+        _close(manager)
+    if args.json:
+        print_json(
+            {
+                "plugin": out.plugin,
+                "intent": out.intent,
+                "result": out.result,
+                "stdout": out.stdout,
+                "stderr": out.stderr,
+                "warnings": list(out.warnings),
+            }
+        )
+        return 0
+    # The plugin's own output goes to stderr so stdout stays the result alone.
+    for label, text in (("stdout", out.stdout), ("stderr", out.stderr)):
+        if text:
+            sys.stderr.write(f"--- plugin {label} ---\n{text}" + ("" if text.endswith("\n") else "\n"))
+    for w in out.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    result = out.result
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    return 0
+
+
+async def _render(manager: PluginManager, args: argparse.Namespace, params: dict[str, Any], user: dict[str, Any]) -> Any:
+    render = getattr(manager, "render_prompt", None)
+    if render is None:
+        raise CliError(
+            "this karen-hooks has no PluginManager.render_prompt yet, so 'karen prompt' cannot render; "
+            "upgrade karen-hooks"
+        )
+    kwargs: dict[str, Any] = {"intent": args.intent}
+    result: Any = None
+    if args.run:
+        result = (await manager.run_plugin(args.name, params, user, intent=args.intent)).result
+    elif args.result_json is not None:
+        result = parse_value(args.result_json)
+    if result is not None:
+        if "result" not in inspect.signature(render).parameters:
+            raise CliError("this karen-hooks' render_prompt takes no result; drop --result-json/--run")
+        kwargs["result"] = result
+    rendered = render(args.name, params, user, **kwargs)
+    if inspect.isawaitable(rendered):
+        rendered = await rendered
+    return rendered
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from ._cli_common import user_context
+
+    params = parse_params(args.param, args.params_json)
+    user = user_context(args.user, args.role, args.tenant)
+    manager = _manager(args)
+    try:
+        rendered = asyncio.run(_render(manager, args, params, user))
+    except PluginError as exc:
+        _show_plugin_failure(args, exc)
+        raise
+    finally:
+        _close(manager)
+    text = rendered if isinstance(rendered, str) else getattr(rendered, "text", None)
+    if text is None:
+        text = json.dumps(rendered, indent=2, default=str)
+    print(text)
+    return 0
+
+
+def _pip(args: list[str], what: str) -> int:
+    cmd = [sys.executable, "-m", "pip", *args]
+    progress(f"{what} (running {' '.join(cmd[2:])})")
+    try:
+        proc = subprocess.run(cmd, check=False)
+    except OSError as exc:
+        raise CliError(f"could not run pip with {sys.executable}: {exc}") from None
+    if proc.returncode != 0:
+        raise CliError(f"pip exited with status {proc.returncode}; see its output above", proc.returncode)
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    flags = ["install"]
+    if args.upgrade:
+        flags.append("--upgrade")
+    if args.no_cache_dir:
+        flags.append("--no-cache-dir")
+    if args.pre:
+        flags.append("--pre")
+    for pkg in args.packages:
+        flags += ["-e", pkg] if args.editable else [pkg]
+    _pip(flags, f"installing {', '.join(args.packages)} into {sys.prefix}")
+    progress("done; 'karen plugins list' shows the plugins now installed")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    flags = ["uninstall", *(["-y"] if args.yes else []), *args.packages]
+    return _pip(flags, f"uninstalling {', '.join(args.packages)} from {sys.prefix}")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        from .sandbox import doctor, format_doctor
+    except ImportError as exc:
+        raise CliError(f"the process sandbox is not available in this karen-hooks installation ({exc})") from None
+    report = doctor()
+    if args.json:
+        print_json(report.model_dump(mode="json") if hasattr(report, "model_dump") else report)
+    else:
+        print(format_doctor(report))
+    ok = report.get("ok") if isinstance(report, dict) else getattr(report, "ok", True)
+    return 0 if ok is not False else 1

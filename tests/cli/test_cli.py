@@ -1,0 +1,234 @@
+"""``karen`` in-process (``main([...])`` with capsys) and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from karen_hooks import _cli_run
+from karen_hooks._cli_common import parse_params, parse_value
+from karen_hooks.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- plugins list / info ------------------------------------------------------
+
+
+def test_list_table(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "plugins", "list")
+    assert code == 0, err
+    header, rule, *rows = out.splitlines()
+    assert header.split() == ["NAME", "VERSION", "DISTRIBUTION", "INTENTS", "TRUSTED", "SANDBOX", "ROLES"]
+    by_name = {r.split()[0]: r for r in rows}
+    assert set(by_name) == {"boom", "hello", "time-query"}
+    assert "karen-plugin-time-query" in by_name["time-query"] and "time.now" in by_name["time-query"]
+    assert "greet" in by_name["hello"] and "in-host" in by_name["hello"] and "user" in by_name["hello"]
+
+
+def test_list_json(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plugins", "list", "--json")
+    assert code == 0
+    data = {r["name"]: r for r in json.loads(out)}
+    tq = data["time-query"]
+    assert tq["distribution"] == "karen-plugin-time-query" and tq["version"] == "1.0.0"
+    assert tq["trusted"] is True and tq["sandbox"] == "in-host" and tq["error"] is None
+    assert tq["required_roles"] == ["user"]
+    assert [i["name"] for i in tq["intents"]] == ["time.now"]
+    assert tq["intents"][0]["params"]["properties"]["format"]["default"] == "iso"
+    assert set(tq["hooks"]) >= {"karen_intent", "karen_run", "karen_render_prompt"}
+    assert data["hello"]["kind"] == "directory" and data["hello"]["category"] == "examples"
+
+
+def test_list_all_shows_load_errors(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "plugins", "list")
+    assert code == 0 and "broken" not in out and "1 plugin(s) failed to load" in err
+    code, out, _ = run_cli(capsys, "plugins", "list", "--all", "--json")
+    rec = {r["name"]: r for r in json.loads(out)}["broken"]
+    assert "plugin_api_version" in rec["error"] and "Field required" in rec["error"]
+    code, out, _ = run_cli(capsys, "plugins", "list", "--all")
+    assert "ERROR" in out.splitlines()[0] and "broken" in out
+
+
+def test_list_by_hook(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plugins", "list", "--hook", "karen_render_prompt", "--json")
+    assert code == 0
+    assert {r["name"] for r in json.loads(out)} == {"hello", "time-query"}  # boom has no prompt.txt
+    code, out, _ = run_cli(capsys, "plugins", "list", "--hook", "karen_memory_backend", "--json")
+    assert json.loads(out) == []
+    code, _, err = run_cli(capsys, "plugins", "list", "--hook", "karen_nope")
+    assert code == 1 and err.startswith("error: unknown hook 'karen_nope'")
+
+
+def test_list_requirements(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plugins", "list", "--requirements")
+    assert code == 0 and "karen-plugin-time-query==1.0.0" in out.splitlines()
+
+
+def test_info(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plugins", "info", "time-query")
+    assert code == 0
+    assert "distribution: karen-plugin-time-query" in out
+    assert "--param timezone=<string> = 'UTC'" in out
+    code, out, _ = run_cli(capsys, "plugins", "info", "hello", "--json")
+    data = json.loads(out)
+    assert data["kind"] == "directory" and data["manifest"]["trusted_ui"] is False
+
+
+def test_info_unknown_is_one_line(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "plugins", "info", "nope")
+    assert code == 1 and out == ""
+    assert err.startswith("error: no plugin or intent named 'nope'") and len(err.strip().splitlines()) == 1
+
+
+# -- plugins check ------------------------------------------------------------
+
+
+def test_check_ok(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plugins", "check")
+    assert code == 0 and out.startswith("ok: 3 plugin(s) loaded")
+
+
+def test_check_reports_problem_table(broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAREN_STRICT", "1")  # check reports every problem even in strict mode
+    code, out, err = run_cli(capsys, "plugins", "check")
+    assert code == 1
+    assert out.splitlines()[0].split() == ["PLUGIN", "DISTRIBUTION", "REASON"]
+    assert "broken" in out and "Required fields" in out
+    assert "error: 1 problem(s)" in err
+    code, out, _ = run_cli(capsys, "plugins", "check", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False and data["problems"][0]["plugin"] == "broken"
+
+
+def test_check_finds_bad_prompt_syntax(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (plugin_dir / "examples" / "hello" / "prompt.txt").write_text("{% if %}")
+    code, out, _ = run_cli(capsys, "plugins", "check")
+    assert code == 1 and "hello" in out and "prompt template line 1" in out
+
+
+# -- run ------------------------------------------------------------------------
+
+
+def test_run_prints_result_and_plugin_output(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "run", "hello", "--param", "name=Ann", "--user", "u1", "--tenant", "t1")
+    assert code == 0, err
+    assert json.loads(out) == {"message": "Hello, Ann!"}
+    assert "--- plugin stdout ---\ngreeting Ann" in err
+
+
+def test_run_json_by_intent_name(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "run", "greet", "--params-json", '{"name": "Bo"}', "--json", "--role", "admin")
+    assert code == 0
+    data = json.loads(out)
+    assert data["plugin"] == "hello" and data["intent"] == "greet"
+    assert data["result"] == {"message": "Hello, Bo!"} and data["stdout"] == "greeting Bo\n"
+
+
+def test_run_typed_param(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "run", "time-query", "-p", "format=unix", "--json")
+    assert code == 0 and isinstance(json.loads(out)["result"]["time"], int)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--role", "guest"], "error: plugin 'hello' intent 'greet' needs one of the roles ['user']"),
+        (["--param", "oops"], "error: --param 'oops' must look like key=value"),
+        (["--params-json", "[1]"], "error: --params-json must be a JSON object, got list"),
+        (["--params-json", "{"], "error: --params-json is not valid JSON"),
+    ],
+)
+def test_run_errors_are_one_line(
+    plugin_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run_cli(capsys, "run", "hello", *argv)
+    assert code == 1 and out == ""
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_run_invalid_params(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "time-query", "--param", "format=roman")
+    assert code == 1 and err.startswith("error: invalid params for plugin 'time-query' intent 'time.now': format:")
+
+
+def test_run_plugin_failure(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "boom")
+    assert code == 1
+    assert err.splitlines() == ["about to fail", "error: plugin 'boom' failed: RuntimeError: kaboom"]
+    code, _, err = run_cli(capsys, "--debug", "run", "boom")
+    assert code == 1 and "Traceback" in err and "raise RuntimeError('kaboom')" in err
+
+
+def test_parse_values() -> None:
+    assert parse_value("3") == 3 and parse_value("2.5") == 2.5 and parse_value("true") is True
+    assert parse_value("null") is None and parse_value('["a"]') == ["a"]
+    assert parse_value("Europe/Paris") == "Europe/Paris" and parse_value("") == ""
+    assert parse_params(["a=1", "b=x=y", "c="], '{"a": 0, "d": [1]}') == {"a": 1, "b": "x=y", "c": "", "d": [1]}
+
+
+# -- prompt, sandbox doctor, install ---------------------------------------------
+
+
+def test_prompt(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "prompt", "hello", "--param", "name=Ann", "--result-json", '{"message": "Hi Ann"}')
+    from karen_hooks import PluginManager
+
+    if not hasattr(PluginManager, "render_prompt"):
+        assert code == 1 and "no PluginManager.render_prompt" in err
+        return
+    assert code == 0, err
+    assert out.strip() == "Greet the user warmly. The greeting plugin said: Hi Ann"
+
+
+def test_sandbox_doctor_guarded(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "karen_hooks.sandbox", None)
+    code, _, err = run_cli(capsys, "sandbox", "doctor")
+    assert code == 1 and err.startswith("error: the process sandbox is not available")
+
+
+def test_install_runs_pip_in_this_environment(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], check: bool) -> Any:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0 if "ok-pkg" in cmd else 3)
+
+    monkeypatch.setattr(_cli_run.subprocess, "run", fake_run)
+    assert run_cli(capsys, "install", "-U", "ok-pkg")[0] == 0
+    assert calls[-1] == [sys.executable, "-m", "pip", "install", "--upgrade", "ok-pkg"]
+    assert run_cli(capsys, "uninstall", "-y", "ok-pkg")[0] == 0
+    assert calls[-1] == [sys.executable, "-m", "pip", "uninstall", "-y", "ok-pkg"]
+    code, _, err = run_cli(capsys, "install", "bad-pkg")
+    assert code == 3 and err.startswith("error: pip exited with status 3")
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["plugins"])
+    assert exc.value.code == 2
+
+
+# -- a real subprocess ----------------------------------------------------------------
+
+
+def test_console_script(plugin_dir: Path) -> None:
+    exe = Path(sys.executable).with_name("karen")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "karen_hooks.cli"]
+    proc = subprocess.run(
+        [*cmd, "run", "hello", "--param", "name=Sub", "--json"], capture_output=True, text=True, env=os.environ.copy(), timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == {"message": "Hello, Sub!"}
+    proc = subprocess.run([*cmd, "run", "nope"], capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no plugin or intent named 'nope'")
