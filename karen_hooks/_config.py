@@ -98,6 +98,8 @@ class Settings(BaseModel):
     strict: bool = False
     allow_ui_html: bool = False
     trace_plugins: bool = False
+    # audit log / trace: record params and results too (they can hold secrets)
+    audit_params: bool = False
     plugin_dir: str | None = None
     load_plugins: list[str] | None = None
     disable_plugins: list[str] = Field(default_factory=list)
@@ -130,6 +132,7 @@ _BOOL_ENV = {
     "KAREN_STRICT": "strict",
     "KAREN_ALLOW_UI_HTML": "allow_ui_html",
     "KAREN_TRACE_PLUGINS": "trace_plugins",
+    "KAREN_AUDIT_PARAMS": "audit_params",
     "KAREN_REMEMBER_RUNS": "remember_runs",
 }
 
