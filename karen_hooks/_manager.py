@@ -17,6 +17,7 @@ from ._models import Intent, PluginContext, PluginInfo, UserContext
 from ._params import params_to_json, validate_params
 from ._rbac import check_access
 from ._router import PluginRouter
+from ._metrics import CallObserver, get_metrics
 
 
 class RunResult(tuple):  # type: ignore[type-arg]
@@ -64,9 +65,19 @@ def ensure_json(plugin: str, result: Any) -> Any:
 class PluginManager:
     """Runs plugins: validates the caller, checks roles and params, then calls in-host or in the sandbox."""
 
-    def __init__(self, router: PluginRouter | None = None, settings: Settings | None = None) -> None:
-        self.router = router if router is not None else PluginRouter(settings)
+    def __init__(
+        self,
+        router: PluginRouter | None = None,
+        settings: Settings | None = None,
+        *,
+        metrics_registry: Any = None,
+        observe: bool = True,
+    ) -> None:
+        self.router = router if router is not None else PluginRouter(settings, metrics_registry=metrics_registry)
         self.settings = settings if settings is not None else self.router.settings
+        # Metrics, audit log and spans for every call (observe=False: none of them; see docs/operations.md).
+        registry = metrics_registry if metrics_registry is not None else getattr(self.router, "metrics_registry", None)
+        self.observer = CallObserver(self, get_metrics(registry)) if observe else None
 
     def _prepare(
         self, name: str, params: Any, user_ctx: Any, intent: str | None
@@ -94,6 +105,13 @@ class PluginManager:
 
         Returns a :class:`RunResult` that unpacks as ``result, stdout, stderr``.
         """
+        if self.observer is None:
+            return await self._run_plugin(name, params, user_ctx, intent)
+        return await self.observer.observe(self._run_plugin(name, params, user_ctx, intent), name, params, user_ctx, intent)
+
+    async def _run_plugin(
+        self, name: str, params: dict[str, Any] | None, user_ctx: dict[str, Any] | UserContext | None, intent: str | None
+    ) -> RunResult:
         user, info, it, validated = self._prepare(name, params, user_ctx, intent)
         ctx = self._context(user, info, it)
         caller = self.router._hook_caller(info.name)
