@@ -20,14 +20,14 @@ from typing import Any, Protocol
 from ._models import Intent, PluginInfo
 
 #: Candidates scoring below this are not returned by ``router.match``.
-DEFAULT_THRESHOLD = 0.2
+DEFAULT_THRESHOLD = 0.3
 
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from into onto about as is are was were be been being
     am do does did doing have has had i me my we our you your it its this that these those there here what
     which who whom whose please can could would will shall should may might must just some any so than then
-    too very s t also let lets let's up out get give tell show""".split()
+    too very s t also let lets let's up out get give tell show how much""".split()
 )
 
 
@@ -63,10 +63,11 @@ class BM25Matcher:
 
     Every example is its own short document, and so is ``name + description``;
     an intent's score is the best score among its documents. Scores are
-    normalised to ``[0, 1)``: the raw BM25 score divided by its upper bound
-    for the query, ``sum(idf(t) * (k1 + 1))`` over the distinct query terms
-    (a term no intent uses counts in that bound, so off-topic words lower
-    the score). ``threshold`` is the default cut-off ``router.match`` applies.
+    normalised to ``[0, 1]``: the raw BM25 score divided by ``sum(idf(t))``
+    over the distinct query terms, capped at 1. A document of average length
+    containing every query term once scores 1.0; a query term no intent uses
+    still counts in the divisor, so off-topic words lower the score.
+    ``threshold`` is the default cut-off ``router.match`` applies.
     """
 
     def __init__(self, k1: float = 1.2, b: float = 0.75, threshold: float = DEFAULT_THRESHOLD) -> None:
@@ -106,15 +107,17 @@ class BM25Matcher:
         if not terms or not self._docs:
             return []
         idf = {t: self.idf(t) for t in terms}
-        bound = sum(v * (self.k1 + 1) for v in idf.values())
+        bound = sum(idf.values())
         best: dict[str, float] = {}
         for name, tf, dl in self._docs:
             norm = self.k1 * (1 - self.b + self.b * dl / self._avgdl)
             raw = sum(idf[t] * tf[t] * (self.k1 + 1) / (tf[t] + norm) for t in terms if t in tf)
             if raw > best.get(name, 0.0):
                 best[name] = raw
-        ranked = sorted(((n, round(s / bound, 4)) for n, s in best.items()), key=lambda p: (-p[1], p[0]))
-        return ranked[: max(limit, 0)]
+        # Rank on the raw score (so a short exact example beats a longer one that
+        # also reaches the cap), report the normalised one.
+        ranked = sorted(best.items(), key=lambda p: (-p[1], p[0]))[: max(limit, 0)]
+        return [(n, round(min(raw / bound, 1.0), 4)) for n, raw in ranked]
 
 
 @dataclass(frozen=True)
@@ -186,23 +189,27 @@ def allowed_intents(router: Any, user_ctx: Any) -> list[tuple[PluginInfo, Intent
 
 
 def find_matcher(router: Any) -> Any:
-    """The first trusted plugin's ``karen_intent_matcher`` answer, else a shared :class:`BM25Matcher`."""
+    """The first trusted plugin's ``karen_intent_matcher`` answer, else a :class:`BM25Matcher`.
+
+    Plugins are asked in name order; the answer is cached on the router until
+    the set of trusted plugins changes (``discover()`` again).
+    """
+    callers = getattr(router, "_callers", {})
+    key = tuple(sorted(callers))
     cached = getattr(router, "_karen_matcher", None)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
     matcher: Any = None
-    for name in sorted(getattr(router, "_callers", {})):
-        hook = getattr(router._callers[name].hook, "karen_intent_matcher", None)
-        if hook is None:
-            continue
-        answer = hook()
+    for name in key:
+        hook = getattr(callers[name].hook, "karen_intent_matcher", None)
+        answer = hook() if hook is not None else None
         if answer is not None:
             if not callable(getattr(answer, "match", None)):
                 raise TypeError(f"plugin {name!r}: karen_intent_matcher returned an object without match()")
             matcher = answer
             break
     matcher = matcher or BM25Matcher()
-    router._karen_matcher = matcher
+    router._karen_matcher = (key, matcher)
     return matcher
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import pluggy
 from pydantic import ValidationError
 
-from ._version import __version__ as HOST_VERSION  # noqa: N812
 from ._config import Settings, load_settings
 from ._dirplugins import DirectoryPlugin, iter_plugin_folders, load_directory_plugin
 from ._errors import AmbiguousIntent, KarenError, PluginLoadError, PluginNotFound
@@ -23,10 +22,12 @@ from ._loader import (
     register,
     spec_for,
 )
+from ._matching import IntentMatch, match_intents, router_tool_schemas
 from ._metrics import get_metrics
-from ._tracing import enable_hook_tracing
 from ._models import Intent, LoadProblem, PluginInfo, PluginSpec, UserContext
 from ._rbac import is_allowed
+from ._tracing import enable_hook_tracing
+from ._version import __version__ as HOST_VERSION  # noqa: N812
 
 log = logging.getLogger("karen_hooks.router")
 
@@ -263,6 +264,16 @@ class PluginRouter:
         """Whether the caller's roles admit them to ``intent`` of ``plugin``."""
         user = UserContext.parse(user_ctx)
         return is_allowed(plugin, intent, user.roles, self.settings)
+
+    # -- routing: ranking and tool schemas live in _matching (docs/routing.md) --
+
+    def match(self, text: str, user_ctx: Any, limit: int = 5, threshold: float | None = None) -> list[IntentMatch]:
+        """Ranked candidate intents for an utterance, only those the caller's roles allow."""
+        return match_intents(self, text, user_ctx, limit, threshold)
+
+    def tool_schemas(self, user_ctx: Any) -> list[dict[str, Any]]:
+        """OpenAI-style tool definitions for every intent the caller may use."""
+        return router_tool_schemas(self, user_ctx)
 
     def _hook_caller(self, name: str) -> pluggy.PluginManager | None:
         """The in-host pluggy manager of a trusted plugin (``None`` for sandboxed ones)."""

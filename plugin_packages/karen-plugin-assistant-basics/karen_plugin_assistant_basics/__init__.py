@@ -147,7 +147,7 @@ INTENTS: list[dict[str, Any]] = [
         "how many words are in this sentence", "count the characters in hello world", "word count of my essay",
     ], TextParams),
     _intent("assistant.help", "Explain what the assistant can do", [
-        "what can you do", "help", "list your abilities", "which commands do you support",
+        "what can you help me with", "help", "list your abilities", "which commands do you support",
     ]),
 ]  # fmt: skip
 
