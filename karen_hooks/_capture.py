@@ -51,9 +51,9 @@ class _ContextStream(io.TextIOBase):
 def install() -> None:
     """Put the proxies in place (idempotent; safe if something else wrapped the streams)."""
     if not isinstance(sys.stdout, _ContextStream):
-        sys.stdout = _ContextStream(sys.stdout, 0)  # type: ignore[assignment]
+        sys.stdout = _ContextStream(sys.stdout, 0)
     if not isinstance(sys.stderr, _ContextStream):
-        sys.stderr = _ContextStream(sys.stderr, 1)  # type: ignore[assignment]
+        sys.stderr = _ContextStream(sys.stderr, 1)
 
 
 @contextmanager

@@ -127,7 +127,9 @@ def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin
         raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return LoadProblem(guess, f"{folder / MANIFEST}: not readable JSON ({exc}); fix the file's syntax")
-    name = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else guess
+    name: str = guess
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+        name = raw["name"]
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,6 @@
 import pytest
-from pydantic import ValidationError
-
 from karen_plugin_time_query import TimeParams, karen_intent, now
+from pydantic import ValidationError
 
 # 2026-01-02T03:04:05Z
 CLOCK = 1767323045.0

@@ -5,7 +5,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
 from karen_plugin_weather import CurrentParams, ForecastParams, karen_run
 from karen_plugin_weather.providers import HTTPProvider, OfflineProvider, UnknownCity, provider_from_env
 
