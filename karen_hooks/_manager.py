@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import traceback
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -18,6 +19,9 @@ from ._params import params_to_json, validate_params
 from ._rbac import check_access
 from ._router import PluginRouter
 from ._metrics import CallObserver, get_metrics
+from .memory import MemoryManager, TenantMemory, UnavailableMemory
+
+log = logging.getLogger("karen_hooks.manager")
 
 
 class RunResult(tuple):  # type: ignore[type-arg]
@@ -70,14 +74,46 @@ class PluginManager:
         router: PluginRouter | None = None,
         settings: Settings | None = None,
         *,
+        memory: MemoryManager | Literal[False] | None = None,
         metrics_registry: Any = None,
         observe: bool = True,
     ) -> None:
         self.router = router if router is not None else PluginRouter(settings, metrics_registry=metrics_registry)
         self.settings = settings if settings is not None else self.router.settings
+        self._memory = memory
         # Metrics, audit log and spans for every call (observe=False: none of them; see docs/operations.md).
         registry = metrics_registry if metrics_registry is not None else getattr(self.router, "metrics_registry", None)
         self.observer = CallObserver(self, get_metrics(registry)) if observe else None
+
+    @property
+    def memory(self) -> MemoryManager | None:
+        """Tenant-isolated memory: ``memory=`` when given, else opened from ``settings.memory_url``
+        on first use (other URL schemes are offered to trusted plugins); ``None`` with ``memory=False``."""
+        if self._memory is None:
+            trusted = list(self.router._callers.values())
+            self._memory = MemoryManager(settings=self.settings, hook=trusted)
+        return self._memory or None
+
+    def _memory_handle(self, user: UserContext, plugin: str) -> TenantMemory | UnavailableMemory | None:
+        try:
+            memory = self.memory
+        except KarenError as exc:  # an unusable memory never stops the plugin from running
+            log.warning("memory unavailable: %s", exc)
+            return UnavailableMemory(f"memory unavailable: {exc}")
+        return None if memory is None else memory.handle_for(user, plugin)
+
+    async def _remember(self, run: RunResult, user: UserContext, params: Any) -> None:
+        """Persist a successful run; a failure is logged and counted by the memory and added to ``run.warnings``."""
+        try:
+            memory = self.memory
+        except KarenError as exc:
+            run.warnings.append(f"memory: this run was not remembered (memory unavailable: {exc})")
+            return
+        if memory is None:
+            return
+        status = await asyncio.to_thread(memory.remember_run, user, run.plugin, run.intent, params, run.result)
+        if status.error is not None:
+            run.warnings.append(f"memory: this run was not remembered ({status.error})")
 
     def _prepare(
         self, name: str, params: Any, user_ctx: Any, intent: str | None
@@ -114,12 +150,15 @@ class PluginManager:
     ) -> RunResult:
         user, info, it, validated = self._prepare(name, params, user_ctx, intent)
         ctx = self._context(user, info, it)
+        ctx.memory = self._memory_handle(user, info.name)
         caller = self.router._hook_caller(info.name)
         if caller is not None:
             result, out, err = await self._run_in_host(info, caller, it, validated, ctx)
         else:
             result, out, err = await self._run_sandboxed(info, it, validated, ctx)
-        return RunResult(ensure_json(info.name, result), out, err, plugin=info.name, intent=it.name)
+        run = RunResult(ensure_json(info.name, result), out, err, plugin=info.name, intent=it.name)
+        await self._remember(run, user, validated)
+        return run
 
     async def _run_in_host(
         self, info: PluginInfo, caller: Any, it: Intent, params: Any, ctx: PluginContext
@@ -152,5 +191,6 @@ class PluginManager:
             {"intent": it.name, "params": params_to_json(params), "ctx": ctx.to_json()},
             self.settings.plugin(info.name),
             self.settings.limits_for(info.name),
+            memory=ctx.memory,
         )
         return outcome.result, outcome.stdout, outcome.stderr
