@@ -71,8 +71,12 @@ def test_check_flags_a_stale_page(tmp_path: Path) -> None:
     assert _docgen.main(["--check", "--output", str(out)]) == 1
 
 
-def test_module_entry_point_check_mode() -> None:
+def test_module_entry_point_check_mode(tmp_path: Path) -> None:
+    # Run outside the checkout so the subprocess imports the same karen_hooks as this test.
     proc = subprocess.run(
-        [sys.executable, "-m", "karen_hooks._docgen", "--check"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "karen_hooks._docgen", "--check", "--output", str(PAGE)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
