@@ -16,8 +16,10 @@ from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
 from ._models import Intent, PluginContext, PluginInfo, UserContext
 from ._params import params_to_json, validate_params
+from ._prompts import render_plugin_prompt
 from ._rbac import check_access
 from ._router import PluginRouter
+from ._ui import UIComponentResult, ui_component_for
 from ._metrics import CallObserver, get_metrics
 from .memory import MemoryManager, TenantMemory, UnavailableMemory
 
@@ -159,6 +161,26 @@ class PluginManager:
         run = RunResult(ensure_json(info.name, result), out, err, plugin=info.name, intent=it.name)
         await self._remember(run, user, validated)
         return run
+
+    async def render_prompt(
+        self,
+        name: str,
+        params: dict[str, Any] | None = None,
+        user_ctx: dict[str, Any] | UserContext | None = None,
+        result: Any = None,
+        intent: str | None = None,
+    ) -> str:
+        """Render the plugin's prompt template for ``intent`` with ``params``, the caller and ``result``.
+
+        Same checks as :meth:`run_plugin`; see docs/prompts.md. Untrusted plugins render in the sandbox.
+        """
+        return await render_plugin_prompt(self, name, params, user_ctx, result, intent)
+
+    async def ui_component(
+        self, name: str, result: Any, user_ctx: dict[str, Any] | UserContext | None, intent: str | None = None
+    ) -> UIComponentResult:
+        """The plugin's UI component for ``result``, or why UI is disabled (docs/ui-components.md)."""
+        return await ui_component_for(self, name, result, user_ctx, intent)
 
     async def _run_in_host(
         self, info: PluginInfo, caller: Any, it: Intent, params: Any, ctx: PluginContext

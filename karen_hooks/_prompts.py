@@ -602,3 +602,124 @@ def read_package_template(root: str | None, intent: str) -> str | None:
 def iter_templates(root: str) -> Iterable[str]:
     """Names of the ``*.j2`` files directly in ``root`` (sorted)."""
     return sorted(n for n in os.listdir(root) if n.endswith(".j2"))
+
+
+# -- host side: PluginManager.render_prompt delegates here ---------------------
+# (imports are local so the sandbox child, which imports this module, stays light)
+
+
+def _json_data(value: Any, what: str) -> Any:
+    import json
+
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TemplateError(f"{what} must be JSON data to be used in a prompt: {exc}") from None
+
+
+def plugin_template_root(info: Any) -> str | None:
+    """Where a plugin's ``{% include %}`` may read from: its package's ``templates/`` dir
+    (entry-point plugins) or the ``templates/`` folder of a directory plugin; else ``None``."""
+    spec = info.spec
+    if spec.kind == "directory":
+        folder = os.path.join(spec.path or "", "templates")
+        return os.path.realpath(folder) if spec.path and os.path.isdir(folder) else None
+    try:
+        return package_template_root(spec.target)
+    except Exception:  # noqa: BLE001 - no importable package means no includes, not a failure
+        return None
+
+
+def _reraise_template_error(plugin: str, exc: Exception) -> None:
+    """A template failure inside the sandbox comes back as PluginError; give it its real type."""
+    text = str(exc)
+    for marker, cls in (("TemplateSecurityError: ", TemplateSecurityError), ("TemplateError: ", TemplateError)):
+        if marker in text:
+            raise cls(f"plugin {plugin!r}: {text.split(marker, 1)[1]}") from exc
+
+
+async def render_plugin_prompt(
+    manager: Any, name: str, params: Any, user_ctx: Any, result: Any = None, intent: str | None = None
+) -> str:
+    """``PluginManager.render_prompt``: checks, find the template, render it where it is safe to.
+
+    Same checks as ``run_plugin`` first (caller, roles, params). A trusted
+    plugin's template (its ``karen_render_prompt``, else a directory
+    plugin's manifest prompt / ``prompt.txt``) renders in-host in the
+    sandboxed environment; an untrusted plugin's renders inside the process
+    sandbox, so resource bombs hit the sandbox's limits.
+    """
+    import asyncio
+    import inspect
+
+    from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+
+    user, info, it, validated = manager._prepare(name, params, user_ctx, intent)
+    from ._params import params_to_json
+
+    params_json = params_to_json(validated)
+    variables = build_variables(
+        params_json,
+        {"user_id": user.user_id, "roles": list(user.roles), "tenant_id": user.tenant_id},
+        _json_data(result, "result"),
+        {"name": it.name, "description": it.description},
+    )
+    ctx = manager._context(user, info, it)
+    caller = manager.router._hook_caller(info.name)
+    if caller is not None:
+        try:
+            template = caller.hook.karen_render_prompt(intent=it.name, params=validated, ctx=ctx)
+            if inspect.isawaitable(template):
+                template = await template
+        except KarenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
+            import traceback
+
+            raise PluginError(
+                info.name, f"karen_render_prompt: {type(exc).__name__}: {exc}", traceback.format_exc()
+            ) from exc
+        if template is None:
+            template = info.prompt
+        if template is None:
+            raise TemplateError(f"plugin {info.name!r} has no prompt template for intent {it.name!r}")
+        if not isinstance(template, str):
+            raise InvalidResult(info.name, f"karen_render_prompt must return a str, got {type(template).__name__}")
+        root = plugin_template_root(info)
+        try:
+            return await asyncio.to_thread(render_template, template, variables, root)
+        except (TemplateError, TemplateSecurityError) as exc:
+            raise type(exc)(f"plugin {info.name!r} intent {it.name!r}: {exc}") from None
+    executor = manager.router.executor
+    if executor is None:
+        raise UntrustedPluginError(
+            f"plugin {info.name!r} is untrusted and no sandbox is available; its prompt is never rendered in the host"
+        )
+    try:
+        outcome = await executor.call(
+            info.spec,
+            "karen_render_prompt",
+            {
+                "intent": it.name,
+                "params": params_json,
+                "ctx": ctx.to_json(),
+                "variables": variables,
+                "template": info.prompt,
+            },
+            manager.settings.plugin(info.name),
+            manager.settings.limits_for(info.name),
+        )
+    except PluginError as exc:
+        if type(exc) is PluginError:
+            _reraise_template_error(info.name, exc)
+        raise
+    text = outcome.result
+    if text is None:
+        raise TemplateError(f"plugin {info.name!r} has no prompt template for intent {it.name!r}")
+    if not isinstance(text, str):
+        raise InvalidResult(info.name, f"the sandbox returned a {type(text).__name__} for a prompt, not a str")
+    if len(text) > MAX_OUTPUT:
+        raise TemplateError(f"plugin {info.name!r}: prompt output exceeds the {MAX_OUTPUT} character cap")
+    return text

@@ -11,14 +11,19 @@ which also unlocks the ``html`` field.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import traceback
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from ._config import Settings
-from ._errors import InvalidResult
+from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+from ._models import UserContext
+from ._rbac import check_access
 
 #: Component types a plugin may return.
 COMPONENT_TYPES = ("card", "table", "list", "form", "text", "image")
@@ -171,3 +176,76 @@ def validate_component(data: Any, plugin: str, allow_html: bool = False) -> dict
     if component.html is not None and not allow_html:
         raise InvalidResult(plugin, "UI component uses 'html', which needs the operator switch KAREN_ALLOW_UI_HTML")
     return out
+
+
+@dataclass(frozen=True)
+class UIComponentResult:
+    """What ``PluginManager.ui_component`` returns.
+
+    ``component`` is the validated component (``None`` when disabled or when
+    the plugin had none); ``ui_disabled_reason`` says why the plugin's UI
+    hook was not called (``None`` when it was).
+    """
+
+    plugin: str
+    intent: str
+    component: dict[str, Any] | None
+    ui_disabled_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "intent": self.intent,
+            "component": self.component,
+            "ui_disabled_reason": self.ui_disabled_reason,
+        }
+
+
+async def ui_component_for(
+    manager: Any, name: str, result: Any, user_ctx: Any, intent: str | None = None
+) -> UIComponentResult:
+    """``PluginManager.ui_component``: caller and roles first, then the trust gate, then the hook.
+
+    When :func:`ui_disabled_reason` gives a reason the plugin's code is not
+    run at all. Otherwise the hook runs in-host (trusted) or in the sandbox,
+    and its answer goes through :func:`validate_component`.
+    """
+    user = UserContext.parse(user_ctx)
+    info, it = manager.router.resolve(name, intent)
+    settings: Settings = manager.settings
+    check_access(info.name, it, user.roles, settings)
+    reason = ui_disabled_reason(settings, info.name, info.ui_trusted or settings.plugin(info.name).ui_trusted)
+    if reason is not None:
+        return UIComponentResult(info.name, it.name, None, reason)
+    if hasattr(result, "model_dump"):
+        result = result.model_dump(mode="json")
+    try:
+        result = json.loads(json.dumps(result))
+    except (TypeError, ValueError) as exc:
+        raise InvalidResult(info.name, f"the result passed to ui_component is not JSON data: {exc}") from None
+    ctx = manager._context(user, info, it)
+    caller = manager.router._hook_caller(info.name)
+    if caller is not None:
+        try:
+            raw = caller.hook.karen_ui_component(intent=it.name, result=result, ctx=ctx)
+            if inspect.isawaitable(raw):
+                raw = await raw
+        except KarenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
+            raise PluginError(
+                info.name, f"karen_ui_component: {type(exc).__name__}: {exc}", traceback.format_exc()
+            ) from exc
+    else:
+        executor = manager.router.executor
+        if executor is None:
+            raise UntrustedPluginError(f"plugin {info.name!r} is untrusted and no sandbox is available")
+        outcome = await executor.call(
+            info.spec,
+            "karen_ui_component",
+            {"intent": it.name, "result": result, "ctx": ctx.to_json()},
+            settings.plugin(info.name),
+            settings.limits_for(info.name),
+        )
+        raw = outcome.result
+    return UIComponentResult(info.name, it.name, validate_component(raw, info.name, settings.allow_ui_html), None)
