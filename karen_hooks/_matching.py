@@ -63,10 +63,11 @@ class BM25Matcher:
 
     Every example is its own short document, and so is ``name + description``;
     an intent's score is the best score among its documents. Scores are
-    normalised to ``[0, 1]``: the raw BM25 score divided by ``sum(idf(t))``
-    over the distinct query terms, capped at 1. A document of average length
-    containing every query term once scores 1.0; a query term no intent uses
-    still counts in the divisor, so off-topic words lower the score.
+    normalised to ``[0, 1]``: the raw BM25 score divided by the score the
+    query itself would get as a document (``sum(idf(t))`` over the distinct
+    query terms times BM25's term weight for tf=1 at the query's length),
+    capped at 1. An utterance equal to an example scores 1.0; a query term no
+    intent uses still counts in the divisor, so off-topic words lower the score.
     ``threshold`` is the default cut-off ``router.match`` applies.
     """
 
@@ -107,7 +108,9 @@ class BM25Matcher:
         if not terms or not self._docs:
             return []
         idf = {t: self.idf(t) for t in terms}
-        bound = sum(idf.values())
+        # The score the query itself would get as a document: the best a real document can do.
+        ideal = (self.k1 + 1) / (1 + self.k1 * (1 - self.b + self.b * len(terms) / self._avgdl))
+        bound = sum(idf.values()) * ideal
         best: dict[str, float] = {}
         for name, tf, dl in self._docs:
             norm = self.k1 * (1 - self.b + self.b * dl / self._avgdl)
