@@ -12,7 +12,6 @@ descending, then insertion order descending.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,13 +60,6 @@ def _import() -> tuple[Any, Any]:
 def tsquery_text(words: list[str]) -> str:
     """A ``to_tsquery`` argument ORing the words, each as a quoted lexeme (words hold no quotes)."""
     return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in words)
-
-
-def _row(r: Any) -> MemoryRecord:
-    return MemoryRecord(
-        id=r[0], tenant_id=r[1], user_id=r[2], query=r[3], payload=json.loads(r[4]),
-        plugin=r[5], created_at=r[6], expires_at=r[7],
-    )
 
 
 class PostgresBackend(MemoryBackend):
@@ -170,7 +162,7 @@ class PostgresBackend(MemoryBackend):
                 " ORDER BY created_at DESC, pk DESC LIMIT %s"
             )
             args = (tenant_id, *user_args, now, limit)
-        return self._run("read", lambda conn: [_row(r) for r in conn.execute(sql, args).fetchall()])
+        return self._run("read", lambda conn: [MemoryRecord.from_row(r) for r in conn.execute(sql, args).fetchall()])
 
     def list_by_user(self, tenant_id: str, user_id: str, *, limit: int = 50, now: float) -> list[MemoryRecord]:
         return self.read(tenant_id, "", user_id=user_id, limit=limit, now=now)

@@ -6,6 +6,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,14 @@ class MemoryRecord:
         )
         record.payload_json()  # fail here, not in a backend, when payload is not JSON
         return record
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> MemoryRecord:
+        """From a SQL row ``(id, tenant_id, user_id, query, payload_json, plugin, created_at, expires_at)``."""
+        return cls(
+            id=row[0], tenant_id=row[1], user_id=row[2], query=row[3], payload=json.loads(row[4]),
+            plugin=row[5], created_at=row[6], expires_at=row[7],
+        )
 
     def payload_json(self) -> str:
         try:

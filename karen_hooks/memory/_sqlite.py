@@ -10,7 +10,6 @@ then ``created_at`` descending, then insertion order descending.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -69,13 +68,6 @@ def fts_match(tenant_id: str, words: list[str]) -> str:
     """The FTS5 MATCH expression: the tenant token AND any of the (quoted) words."""
     quoted = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
     return f'tenant_key : "{tenant_key(tenant_id)}" AND query : ({quoted})'
-
-
-def _row(r: Any) -> MemoryRecord:
-    return MemoryRecord(
-        id=r[0], tenant_id=r[1], user_id=r[2], query=r[3], payload=json.loads(r[4]),
-        plugin=r[5], created_at=r[6], expires_at=r[7],
-    )
 
 
 class SQLiteBackend(MemoryBackend):
@@ -200,7 +192,7 @@ class SQLiteBackend(MemoryBackend):
 
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[MemoryRecord]:
         try:
-            return [_row(r) for r in self._conn().execute(sql, args).fetchall()]
+            return [MemoryRecord.from_row(r) for r in self._conn().execute(sql, args).fetchall()]
         except sqlite3.Error as exc:
             raise MemoryBackendError(f"SQLite memory read failed: {exc}") from exc
 

@@ -202,12 +202,12 @@ class MemoryBackendConformance:
                 r = rec(tenants[ti], user, text)
                 backend.write(tenants[ti], r)
                 written[tenants[ti]].add(r.id)
-            for ti, user, text in reads:
+            for ti, reader, text in reads:
                 t = tenants[ti]
-                got = backend.read(t, text, user_id=user, limit=10, now=1e12)
+                got = backend.read(t, text, user_id=reader, limit=10, now=1e12)
                 assert all(r.tenant_id == t and r.id in written[t] for r in got)
-                assert user is None or all(r.user_id == user for r in got)
-                listed = backend.list_by_user(t, user or "u", now=1e12)
+                assert reader is None or all(r.user_id == reader for r in got)
+                listed = backend.list_by_user(t, reader or "u", now=1e12)
                 assert all(r.tenant_id == t and r.id in written[t] for r in listed)
 
         check()
