@@ -652,9 +652,8 @@ async def render_plugin_prompt(
     sandbox, so resource bombs hit the sandbox's limits.
     """
     import asyncio
-    import inspect
 
-    from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+    from ._errors import InvalidResult, PluginError, UntrustedPluginError
 
     user, info, it, validated = manager._prepare(name, params, user_ctx, intent)
     from ._params import params_to_json
@@ -669,18 +668,11 @@ async def render_plugin_prompt(
     ctx = manager._context(user, info, it)
     caller = manager.router._hook_caller(info.name)
     if caller is not None:
-        try:
-            template = caller.hook.karen_render_prompt(intent=it.name, params=validated, ctx=ctx)
-            if inspect.isawaitable(template):
-                template = await template
-        except KarenError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
-            import traceback
+        from ._ui import call_host_hook
 
-            raise PluginError(
-                info.name, f"karen_render_prompt: {type(exc).__name__}: {exc}", traceback.format_exc()
-            ) from exc
+        template = await call_host_hook(
+            caller, info.name, "karen_render_prompt", intent=it.name, params=validated, ctx=ctx
+        )
         if template is None:
             template = info.prompt
         if template is None:

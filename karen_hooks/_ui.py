@@ -178,6 +178,23 @@ def validate_component(data: Any, plugin: str, allow_html: bool = False) -> dict
     return out
 
 
+async def call_host_hook(caller: Any, plugin: str, hook: str, **kwargs: Any) -> Any:
+    """Call a trusted plugin's per-plugin ``hook`` in-host (awaiting it if async).
+
+    Anything the plugin raises, other than a karen error, becomes a
+    :class:`PluginError` naming the hook, with the plugin's traceback.
+    """
+    try:
+        answer = getattr(caller.hook, hook)(**kwargs)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer
+    except KarenError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
+        raise PluginError(plugin, f"{hook}: {type(exc).__name__}: {exc}", traceback.format_exc()) from exc
+
+
 @dataclass(frozen=True)
 class UIComponentResult:
     """What ``PluginManager.ui_component`` returns.
@@ -226,16 +243,7 @@ async def ui_component_for(
     ctx = manager._context(user, info, it)
     caller = manager.router._hook_caller(info.name)
     if caller is not None:
-        try:
-            raw = caller.hook.karen_ui_component(intent=it.name, result=result, ctx=ctx)
-            if inspect.isawaitable(raw):
-                raw = await raw
-        except KarenError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
-            raise PluginError(
-                info.name, f"karen_ui_component: {type(exc).__name__}: {exc}", traceback.format_exc()
-            ) from exc
+        raw = await call_host_hook(caller, info.name, "karen_ui_component", intent=it.name, result=result, ctx=ctx)
     else:
         executor = manager.router.executor
         if executor is None:
