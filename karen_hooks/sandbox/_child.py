@@ -48,21 +48,6 @@ def _reachable(path: str, uid: int, gid: int) -> bool:
     return True
 
 
-def _alias_paths(paths: list[str], uid: int, gid: int) -> dict[str, str]:
-    """Map unreachable dirs to ``/proc/self/fd/N`` (an O_PATH fd opened while root).
-
-    Lets the unprivileged uid import from e.g. a Python under ``/root/.pyenv``
-    (``/root`` is 0700) without granting it anything above that directory.
-    """
-    out: dict[str, str] = {}
-    for p in paths:
-        if p in out or not os.path.isdir(p) or _reachable(p, uid, gid):
-            continue
-        fd = os.open(p, os.O_PATH | os.O_DIRECTORY)
-        out[p] = f"/proc/self/fd/{fd}"
-    return out
-
-
 def _rewrite(path: str, aliases: dict[str, str]) -> str:
     for real, alias in sorted(aliases.items(), key=lambda kv: -len(kv[0])):
         if path == real or path.startswith(real + "/"):
@@ -70,12 +55,79 @@ def _rewrite(path: str, aliases: dict[str, str]) -> str:
     return path
 
 
-def apply_layers(cfg: dict[str, Any], filt: Any, strict: bool = True) -> dict[str, list[Any]]:
+class ZygoteContext:
+    """What the zygote prepares once and every child inherits.
+
+    The network namespace (entered by the zygote itself), the seccomp filter,
+    O_PATH aliases for directories the sandbox uid cannot traverse, and a cache
+    of Landlock ruleset fds keyed by the paths they allow.
+    """
+
+    def __init__(self, filt: Any, abi: int, uid: int, gid: int) -> None:
+        self.filt = filt
+        self.abi = abi
+        self.uid = uid
+        self.gid = gid
+        self.root = os.geteuid() == 0 and uid > 0
+        self.aliases: dict[str, str] = {}
+        self._checked: set[str] = set()
+        self.alias_fds: set[int] = set()
+        self.rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, dict[str, bool]]] = {}
+        self.status: dict[str, list[Any]] = {}
+
+    def add_aliases(self, paths: list[str]) -> None:
+        if not self.root:
+            return
+        for p in paths:
+            if p in self._checked:
+                continue
+            if len(self._checked) < 4096:
+                self._checked.add(p)
+            if not os.path.isdir(p) or _reachable(p, self.uid, self.gid):
+                continue
+            fd = os.open(p, os.O_PATH | os.O_DIRECTORY)
+            self.alias_fds.add(fd)
+            self.aliases[p] = f"/proc/self/fd/{fd}"
+
+    def rewrite_imports(self) -> None:
+        """Point ``sys.path`` and every loaded package's ``__path__`` at the aliases.
+
+        Done once in the zygote (root), so lazy imports in the unprivileged
+        children resolve through the inherited O_PATH descriptors.
+        """
+        if not self.aliases:
+            return
+        sys.path[:] = [_rewrite(p, self.aliases) for p in sys.path]
+        for mod in list(sys.modules.values()):
+            path = getattr(mod, "__path__", None)
+            if isinstance(path, list):
+                path[:] = [_rewrite(p, self.aliases) for p in path]
+        sys.path_importer_cache.clear()
+        importlib.invalidate_caches()
+
+    def ruleset(self, read_paths: list[str], write_paths: list[str]) -> tuple[int, dict[str, bool]]:
+        key = (tuple(read_paths), tuple(write_paths))
+        got = self.rulesets.get(key)
+        if got is None:
+            if len(self.rulesets) >= 64:
+                old = next(iter(self.rulesets))
+                os.close(self.rulesets.pop(old)[0])
+            got = self.rulesets[key] = _layers.landlock_ruleset(read_paths, write_paths, self.abi)
+            for k, v in got[1].items():
+                self.status[k] = [bool(v), f"ABI {self.abi}"]
+        return got
+
+    def keep_fds(self) -> set[int]:
+        return set(self.alias_fds)
+
+
+def apply_layers(cfg: dict[str, Any], z: ZygoteContext, ruleset: int | None, strict: bool = True) -> dict[str, list[Any]]:
     """Apply every layer to this (already forked) process. Returns per-layer status.
 
     With ``strict``, a layer listed in ``cfg["required"]`` that fails aborts.
+    ``ruleset`` is the Landlock ruleset fd prepared by the zygote (closed here).
     """
-    status: dict[str, list[Any]] = {}
+    status: dict[str, list[Any]] = dict(z.status)
     required = set(cfg.get("required", ())) if strict else set()
 
     def step(name: str, fn: Any) -> Any:
@@ -94,37 +146,41 @@ def apply_layers(cfg: dict[str, Any], filt: Any, strict: bool = True) -> dict[st
     for f in cfg.get("cgroup_procs", ()):
         with open(f, "w") as fh:
             fh.write(str(os.getpid()))
-    step("netns", _layers.unshare_net)
-    workdir = cfg["workdir"]
-    os.chdir(workdir)
-    uid, gid = int(cfg.get("uid", -1)), int(cfg.get("gid", -1))
-    as_root = os.geteuid() == 0 and uid > 0
-    read_paths = list(cfg["read_paths"])
-    aliases = _alias_paths(read_paths, uid, gid) if as_root else {}
-    cfg["_aliases"] = aliases
-    abi = int(cfg.get("landlock_abi", 0))
-    ll = step("landlock", lambda: _layers.landlock_restrict(read_paths, [workdir, "/dev/null"], abi))
-    if isinstance(ll, dict):
-        for k, v in ll.items():
-            status[k] = [bool(v), f"ABI {abi}"]
+    if "netns" in required and not status.get("netns", [False])[0]:
+        raise OSError("network namespace required but the zygote has none")
+    os.chdir(cfg["workdir"])
+    if ruleset is not None:
+        step("landlock", lambda: _layers.landlock_enforce(ruleset))
+        os.close(ruleset)
+    else:
+        status["landlock"] = [False, status.get("landlock", [False, "unavailable"])[1]]
+        if "landlock" in required:
+            raise OSError("landlock required but no ruleset was built")
     step("rlimits", lambda: _layers.apply_rlimits(cfg["limits"], int(cfg.get("warm_calls", 1))))
-    if as_root:
+    uid, gid = int(cfg.get("uid", -1)), int(cfg.get("gid", -1))
+    if os.geteuid() == 0 and uid > 0:
         step("uid", lambda: _layers.drop_privileges(uid, gid))
     elif os.geteuid() == 0:
         status["uid"] = [False, "no sandbox uid configured"]
     else:
         status["uid"] = [False, f"host is not root (uid {os.geteuid()}): cannot switch to a dedicated uid"]
     step("no_new_privs", _layers.no_new_privs)
-    if filt is not None:
-        step("seccomp", filt.load)
-    else:
-        status["seccomp"] = [False, "unavailable"]
-        if "seccomp" in required:
-            raise OSError("seccomp required but unavailable")
+    if z.filt is not None:
+        step("seccomp", z.filt.load)
+    elif "seccomp" in required:
+        raise OSError("seccomp required but unavailable")
     return status
 
 
-def child_main(cfg: dict[str, Any], fds: list[int], filt: Any, ctrl_fd: int) -> None:
+def _close_all_but(keep: set[int]) -> None:
+    lo = 0
+    for fd in sorted(keep) + [65536]:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+
+
+def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:
     """Entry point of a forked child. Never returns."""
     try:
         signal.set_wakeup_fd(-1)
@@ -136,9 +192,10 @@ def child_main(cfg: dict[str, Any], fds: list[int], filt: Any, ctrl_fd: int) -> 
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(proto, PROTO_FD)
-        os.closerange(PROTO_FD + 1, 65536)
+        keep = {0, 1, 2, PROTO_FD} | z.keep_fds() | ({ruleset} if ruleset is not None else set())
+        _close_all_but(keep)
         os.set_inheritable(PROTO_FD, False)
-        apply_layers(cfg, filt, strict=True)
+        apply_layers(cfg, z, ruleset, strict=True)
     except BaseException as exc:
         try:
             write_frame(PROTO_FD, {"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
@@ -146,10 +203,9 @@ def child_main(cfg: dict[str, Any], fds: list[int], filt: Any, ctrl_fd: int) -> 
             os._exit(70)
     os.environ.clear()
     os.environ.update(cfg.get("env", {}))
-    aliases = cfg.get("_aliases", {})
+    aliases = z.aliases
+    cfg["_aliases"] = aliases
     sys.path[:] = [_rewrite(p, aliases) for p in list(cfg.get("code_paths", ())) + sys.path]
-    sys.path_importer_cache.clear()
-    importlib.invalidate_caches()
     code = 0
     try:
         _serve(cfg, aliases)
@@ -304,6 +360,11 @@ def _await(value: Any) -> Any:
     return value
 
 
+# Captured before any plugin code runs: a plugin that monkeypatches json.dumps
+# must not be able to corrupt the reply framing by accident.
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
 def _jsonable(value: Any) -> Any:
     try:
         from pydantic import BaseModel
@@ -312,7 +373,7 @@ def _jsonable(value: Any) -> Any:
             value = value.model_dump(mode="json")
     except Exception:
         pass
-    json.dumps(value, allow_nan=False)  # raises TypeError/ValueError
+    _ENCODE(value)  # raises TypeError/ValueError
     return value
 
 

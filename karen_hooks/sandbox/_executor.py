@@ -300,9 +300,9 @@ def _drive(
                             ex.protocol_error = f"unexpected message {str(op)[:40]!r}"
                             return ex
                 else:
-                    s = streams[key.fd]  # type: ignore[index]
+                    s = streams[key.fd]
                     try:
-                        data = os.read(key.fd, 1 << 16)  # type: ignore[arg-type]
+                        data = os.read(key.fd, 1 << 16)
                     except BlockingIOError:
                         continue
                     except OSError:
@@ -461,6 +461,7 @@ class _Worker:
             "spec": {"name": spec.name, "kind": spec.kind, "target": spec.target,
                      "path": os.path.abspath(spec.path) if spec.path else None},
             "code_paths": code_paths, "read_paths": read_paths, "workdir": self.workdir,
+            "write_paths": [ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
             "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
             "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
             "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
@@ -493,11 +494,11 @@ class _Worker:
         if ex.reply is not None and not ex.timed_out and ex.limit is None:
             ok = ex.reply.get("ok") is True
             if not ok or self.calls >= self.max_calls:
-                self.retire()
+                self.retire(background=True)
             try:
                 result = _from_reply(self.spec.name, ex.reply, ex, hit)
             except BaseException:
-                self.retire()
+                self.retire(background=True)
                 raise
             return CallOutcome(result, ex.stdout, ex.stderr)
         # failure without a usable reply: kill, then classify with the exit status
@@ -509,20 +510,33 @@ class _Worker:
         self.retire()
         raise _fail(self.spec.name, ex, info, hit, self.limits)
 
-    def retire(self) -> None:
+    def retire(self, background: bool = False) -> None:
+        """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background."""
         if self.dead:
             return
         self.dead = True
-        zyg = getattr(self, "zyg", None)
         if self.ch is not None:
             self.ch.close()
+        zyg = getattr(self, "zyg", None)
         if zyg is not None:
             zyg.kill_call(self.id)
         if self.slot.cg is not None:
-            if not self.slot.cg.kill_all():
-                log.error("sandbox slot %d could not be emptied; it is retired", self.slot.index)
-                zyg = None
-                self.slot = None  # type: ignore[assignment]
+            self.slot.cg.kill_once()
+        if background and not self.ex._closed:
+            try:
+                self.ex._cleaner.submit(self._finish)
+                return
+            except RuntimeError:  # cleaner shut down
+                pass
+        self._finish()
+
+    def _finish(self) -> None:
+        zyg = getattr(self, "zyg", None)
+        slot: _Slot | None = self.slot
+        if slot is not None and slot.cg is not None:
+            if not slot.cg.kill_all():
+                log.error("sandbox slot %d could not be emptied; it is retired", slot.index)
+                slot = None
         elif zyg is not None:
             zyg.wait_for(self.id, "exited", _EXIT_WAIT)
         if zyg is not None:
@@ -532,8 +546,8 @@ class _Worker:
                 _layers.umount(self.workdir)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.slot is not None:
-            self.ex._release_slot(self.slot)
+        if slot is not None:
+            self.ex._release_slot(slot)
 
 
 class SandboxExecutor:
@@ -550,6 +564,7 @@ class SandboxExecutor:
         if uid_base is None:
             uid_base = int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000"))
         self._root = os.geteuid() == 0
+        self._uid_base = uid_base
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._zyg: _Zygote | None = None
@@ -569,6 +584,7 @@ class SandboxExecutor:
         self._warm: dict[str, _Worker] = {}
         self._describe_cache: dict[Any, dict[str, Any]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
+        self._cleaner = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="karen-sandbox-cleanup")
         self._reported = False
 
     # -- setup ---------------------------------------------------------
@@ -596,17 +612,12 @@ class SandboxExecutor:
                 z.kill()
                 z = self._zyg = None
             if z is None:
-                probe = {"workdir": self._base, "uid": self._nslots + (60999 if self._root else -1),
-                         "gid": self._nslots + (60999 if self._root else -1),
-                         "read_paths": self._read_paths, "limits": Limits().model_dump(), "env": {}}
-                if self._root:
-                    probe["uid"] = probe["gid"] = self._slot_uid_for_probe()
+                uid = self._uid_base + self._nslots if self._root else -1
+                probe = {"workdir": self._base, "uid": uid, "gid": uid, "read_paths": self._read_paths,
+                         "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {}}
                 z = self._zyg = _Zygote(probe)
                 self._set_layers(z.layers)
             return z
-
-    def _slot_uid_for_probe(self) -> int:
-        return int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000")) + self._nslots
 
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
         statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)
@@ -666,6 +677,8 @@ class SandboxExecutor:
     async def call(self, spec: PluginSpec, hook: str, kwargs: dict[str, Any], settings: PluginSettings,
                    limits: Limits, memory: MemoryBridge | None = None) -> CallOutcome:
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise SandboxError(spec.name, "the sandbox executor is closed")
         return await loop.run_in_executor(
             self._pool, self._call_sync, spec, hook, kwargs, settings, limits, memory, loop)
 
@@ -686,23 +699,21 @@ class SandboxExecutor:
             try:
                 return w.run(hook, kwargs, memory, loop)
             finally:
-                w.retire()
+                w.retire(background=True)
         key = json.dumps([asdict(spec), sorted(settings.env.items()), limits.model_dump(),
                           settings.warm_max_calls], sort_keys=True)
         while True:
             with self._lock:
-                w = self._warm.get(key)
-                if w is None or w.dead:
-                    w = None
-            if w is None:
-                new = _Worker(self, spec, settings, limits, "warm")
+                cur = self._warm.get(key)
+            if cur is None or cur.dead:
+                fresh = _Worker(self, spec, settings, limits, "warm")
                 with self._lock:
-                    w = self._warm.get(key)
-                    if w is None or w.dead:
-                        self._warm[key] = w = new
-                        new = None  # type: ignore[assignment]
-                if new is not None:
-                    new.retire()
+                    cur = self._warm.get(key)
+                    if cur is None or cur.dead:
+                        self._warm[key] = cur = fresh
+                if cur is not fresh:
+                    fresh.retire()
+            w = cur
             with w.lock:
                 if w.dead:
                     continue
@@ -714,6 +725,14 @@ class SandboxExecutor:
                             if self._warm.get(key) is w:
                                 del self._warm[key]
 
+    def drop_warm(self) -> None:
+        """Retire every warm worker now (they are restarted on their next call)."""
+        with self._lock:
+            warm, self._warm = list(self._warm.values()), {}
+        for w in warm:
+            with w.lock:
+                w.retire()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -723,6 +742,7 @@ class SandboxExecutor:
         for w in warm:
             w.retire()
         self._pool.shutdown(wait=False)
+        self._cleaner.shutdown(wait=True)
         if self._zyg is not None:
             self._zyg.kill()
         while True:

@@ -95,12 +95,13 @@ def _fs_mask(abi: int) -> int:
     return mask
 
 
-def landlock_restrict(read_paths: Iterable[str], write_paths: Iterable[str], abi: int) -> dict[str, bool]:
-    """Restrict this process to reading ``read_paths`` and writing ``write_paths``.
+def landlock_ruleset(read_paths: Iterable[str], write_paths: Iterable[str], abi: int) -> tuple[int, dict[str, bool]]:
+    """Build a ruleset fd allowing reads of ``read_paths`` and writes under ``write_paths``.
 
     TCP bind/connect is denied (ABI >= 4); signals and abstract unix sockets
-    outside the sandbox are denied (ABI >= 6). Requires no_new_privs.
-    Returns which sub-layers were enforced.
+    outside the sandbox are denied (ABI >= 6). Built once in the zygote and
+    cached; a child enforces it with :func:`landlock_enforce` and closes it
+    before any plugin code runs (so no plugin can add rules to it).
     """
     if abi < 1:
         raise OSError(errno.ENOSYS, "Landlock is not available")
@@ -114,8 +115,9 @@ def landlock_restrict(read_paths: Iterable[str], write_paths: Iterable[str], abi
     else:
         attr = struct.pack("=Q", fs)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    rfd = _errcheck(_libc.syscall(_SYS_LL_CREATE, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)),
-                    "landlock_create_ruleset")
+    rfd = _errcheck(
+        _libc.syscall(_SYS_LL_CREATE, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)), "landlock_create_ruleset"
+    )
     try:
         ro = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
         for path, access in [(p, ro) for p in read_paths] + [(p, fs) for p in write_paths]:
@@ -128,14 +130,23 @@ def landlock_restrict(read_paths: Iterable[str], write_paths: Iterable[str], abi
                 if not stat.S_ISDIR(os.fstat(pfd).st_mode):
                     allowed &= _FILE_RIGHTS
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, pfd), 12)
-                _errcheck(_libc.syscall(_SYS_LL_ADD, ctypes.c_int(rfd), ctypes.c_int(_LL_RULE_PATH_BENEATH),
-                                        rule, ctypes.c_uint32(0)), f"landlock_add_rule({path})")
+                _errcheck(
+                    _libc.syscall(
+                        _SYS_LL_ADD, ctypes.c_int(rfd), ctypes.c_int(_LL_RULE_PATH_BENEATH), rule, ctypes.c_uint32(0)
+                    ),
+                    f"landlock_add_rule({path})",
+                )
             finally:
                 os.close(pfd)
-        _errcheck(_libc.syscall(_SYS_LL_RESTRICT, ctypes.c_int(rfd), ctypes.c_uint32(0)), "landlock_restrict_self")
-    finally:
+    except BaseException:
         os.close(rfd)
-    return {"landlock_fs": True, "landlock_net": bool(net), "landlock_scope": bool(scoped)}
+        raise
+    return rfd, {"landlock_fs": True, "landlock_net": bool(net), "landlock_scope": bool(scoped)}
+
+
+def landlock_enforce(rfd: int) -> None:
+    """Restrict this process with ruleset ``rfd`` (needs no_new_privs or CAP_SYS_ADMIN)."""
+    _errcheck(_libc.syscall(_SYS_LL_RESTRICT, ctypes.c_int(rfd), ctypes.c_uint32(0)), "landlock_restrict_self")
 
 
 # ---------------------------------------------------------------- seccomp
@@ -221,6 +232,8 @@ class CgroupSlot:
         self.dirs = dirs
         self.v2 = v2
         self._base: dict[str, int] = {}
+        self._configured: tuple[int, int] | None = None
+        self.has_memsw = os.path.exists(os.path.join(dirs["memory"], "memory.memsw.limit_in_bytes"))
 
     @property
     def procs_files(self) -> list[str]:
@@ -241,13 +254,30 @@ class CgroupSlot:
                 os.path.join(self.dirs["memory"], "memory.swap.max")) else None
             self._write("pids", "pids.max", str(pids))
         else:
-            self._write("memory", "memory.limit_in_bytes", str(memory_bytes))
-            try:
-                self._write("memory", "memory.memsw.limit_in_bytes", str(memory_bytes))
-            except OSError:
-                pass
-            self._write("pids", "pids.max", str(pids))
+            if self._configured != (memory_bytes, pids):
+                self._set_v1_memory(memory_bytes)
+                self._write("pids", "pids.max", str(pids))
+                self._configured = (memory_bytes, pids)
         self._base = self.counters()
+
+    def _set_v1_memory(self, limit: int) -> None:
+        # memory.limit_in_bytes must stay <= memory.memsw.limit_in_bytes: raise
+        # memsw first when growing, lower memory first when shrinking.
+        names = ["memory.limit_in_bytes"] + (["memory.memsw.limit_in_bytes"] if self.has_memsw else [])
+        try:
+            cur = int(self._read("memory", "memory.limit_in_bytes"))
+        except (OSError, ValueError):
+            cur = 0
+        if limit > cur:
+            names.reverse()
+        for name in names:
+            try:
+                self._write("memory", name, str(limit))
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                self._write("memory", "memory.force_empty", "0")
+                self._write("memory", name, str(limit))
 
     def counters(self) -> dict[str, int]:
         out = {"memory": 0, "pids": 0}
@@ -258,7 +288,10 @@ class CgroupSlot:
                     if k in ("oom_kill", "max"):
                         out["memory"] += int(v)
             else:
-                out["memory"] = int(self._read("memory", "memory.failcnt"))
+                for line in self._read("memory", "memory.oom_control").splitlines():
+                    k, v = line.split()
+                    if k == "oom_kill":
+                        out["memory"] += int(v)
         except (OSError, ValueError):
             pass
         try:
@@ -283,6 +316,14 @@ class CgroupSlot:
             except (OSError, ValueError):
                 pass
         return found
+
+    def kill_once(self) -> None:
+        """One SIGKILL pass over the slot (the caller's return is not delayed by exits)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def kill_all(self, timeout: float = 2.0) -> bool:
         """SIGKILL every process in the slot and wait until it is empty."""

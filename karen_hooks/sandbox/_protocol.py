@@ -29,8 +29,12 @@ class FrameTooLargeError(ProtocolError):
         super().__init__(f"frame of {size} bytes exceeds the {cap} byte cap")
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode(obj: dict[str, Any]) -> bytes:
-    data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    data = _ENCODER.encode(obj).encode("utf-8")
     if len(data) > MAX_FRAME:
         raise FrameTooLargeError(len(data), MAX_FRAME)
     return _HDR.pack(len(data)) + data
@@ -38,7 +42,7 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 def decode(data: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

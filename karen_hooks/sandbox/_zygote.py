@@ -11,6 +11,7 @@ The zygote is a child subreaper, reaps every child and reports exit statuses.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import os
@@ -32,21 +33,24 @@ def _send(ctrl: socket.socket, obj: dict[str, Any]) -> None:
         os._exit(0)  # host gone: nothing left to serve
 
 
-def _probe(cfg: dict[str, Any], filt: Any) -> dict[str, Any]:
+def _probe(cfg: dict[str, Any], z: Any) -> dict[str, Any]:
     """Fork a throwaway child that applies every layer best-effort and reports."""
+    from ._child import apply_layers
+
+    ruleset = _ruleset(cfg, z)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        from ._child import apply_layers
-
         try:
-            status = apply_layers(cfg, filt, strict=False)
+            status = apply_layers(cfg, z, ruleset, strict=False)
         except BaseException as exc:  # pragma: no cover - reported to the host
             status = {"_error": [False, repr(exc)]}
         os.write(w, json.dumps(status).encode())
         os._exit(0)
     os.close(w)
+    if ruleset is not None:
+        pass  # cached in the context; the child closed its copy
     data = b""
     while chunk := os.read(r, 65536):
         data += chunk
@@ -56,6 +60,32 @@ def _probe(cfg: dict[str, Any], filt: Any) -> dict[str, Any]:
         return dict(json.loads(data.decode()))
     except ValueError:
         return {"_error": [False, "probe child died"]}
+
+
+def _ruleset(cfg: dict[str, Any], z: Any) -> int | None:
+    if z.abi < 1:
+        z.status["landlock"] = [False, "the kernel has no Landlock (ABI 0)"]
+        return None
+    try:
+        fd, _sub = z.ruleset(list(cfg["read_paths"]), list(cfg["write_paths"]))
+    except OSError as exc:
+        z.status["landlock"] = [False, str(exc)]
+        return None
+    return int(fd)
+
+
+def _reserve_low_fds(ctrl_fd: int) -> int:
+    """Move the control socket high and fill fds 3..9 so children can dup2 onto them."""
+    high = fcntl.fcntl(ctrl_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+    os.close(ctrl_fd)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in range(3, 10):
+        if fd != null:
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.dup2(null, fd, inheritable=False)
+    return high
 
 
 def main(ctrl_fd: int) -> None:
@@ -69,6 +99,7 @@ def main(ctrl_fd: int) -> None:
     import pydantic  # noqa: F401
 
     import karen_hooks  # noqa: F401
+    import karen_hooks._models  # noqa: F401
     import karen_hooks.hookspecs  # noqa: F401
 
     from . import _child, _protocol  # noqa: F401
@@ -78,12 +109,22 @@ def main(ctrl_fd: int) -> None:
     except Exception:
         pass
 
-    ctrl = socket.socket(fileno=ctrl_fd)
+    ctrl = socket.socket(fileno=_reserve_low_fds(ctrl_fd))
+    hello = json.loads(ctrl.recv(_CTRL_MAX).decode())
+    probe_cfg = dict(hello["probe"])
+    status: dict[str, list[Any]] = {}
     try:
         _layers.set_subreaper()
-        subreaper = (True, "PR_SET_CHILD_SUBREAPER")
+        status["subreaper"] = [True, "PR_SET_CHILD_SUBREAPER"]
     except OSError as exc:
-        subreaper = (False, str(exc))
+        status["subreaper"] = [False, str(exc)]
+    try:
+        # One private, empty network namespace for the zygote and all its
+        # children: no interface but a down loopback, created once (not per call).
+        _layers.unshare_net()
+        status["netns"] = [True, "private empty network namespace"]
+    except OSError as exc:
+        status["netns"] = [False, str(exc)]
     ok, why = _layers.seccomp_available()
     filt = None
     if ok:
@@ -91,29 +132,26 @@ def main(ctrl_fd: int) -> None:
             filt = _layers.build_seccomp_filter()
         except Exception as exc:
             why = f"building the filter failed: {exc}"
-    seccomp_reason = why
     abi = _layers.landlock_abi()
-
-    hello = json.loads(ctrl.recv(_CTRL_MAX).decode())
-    probe_cfg = dict(hello["probe"], landlock_abi=abi)
-    status = _probe(probe_cfg, filt)
+    z = _child.ZygoteContext(filt, abi, int(probe_cfg.get("uid", -1)), int(probe_cfg.get("gid", -1)))
+    z.status.update(status)
+    z.add_aliases(list(probe_cfg["read_paths"]))
+    z.rewrite_imports()
+    status.update(_probe(probe_cfg, z))
     if filt is None:
-        status["seccomp"] = [False, seccomp_reason]
-    status["subreaper"] = list(subreaper)
+        status["seccomp"] = [False, why]
     status["landlock_abi"] = [abi > 0, str(abi)]
     _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status})
 
     children: dict[int, str] = {}
-    rpipe, wpipe = os.pipe()
-    os.set_blocking(wpipe, False)
-    os.set_blocking(rpipe, False)
+    rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wpipe)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     gc.freeze()
 
     while True:
         try:
-            ready, _, _ = select.select([ctrl, rpipe], [], [])
+            ready, _, _ = select.select([ctrl.fileno(), rpipe], [], [])
         except InterruptedError:
             continue
         if rpipe in ready:
@@ -122,7 +160,7 @@ def main(ctrl_fd: int) -> None:
             except BlockingIOError:
                 pass
             _reap(ctrl, children)
-        if ctrl in ready:
+        if ctrl.fileno() in ready:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(ctrl, _CTRL_MAX, 3)
             except OSError:
@@ -133,13 +171,13 @@ def main(ctrl_fd: int) -> None:
                 os._exit(0)
             msg = json.loads(data.decode())
             op = msg.get("op")
-            if op == "spawn":
-                cfg = dict(msg["cfg"], landlock_abi=abi)
+            if op == "spawn" and len(fds) == 3:
+                cfg = msg["cfg"]
+                z.add_aliases(list(cfg["read_paths"]))
+                ruleset = _ruleset(cfg, z)
                 pid = os.fork()
                 if pid == 0:
-                    os.close(rpipe)
-                    os.close(wpipe)
-                    _child.child_main(cfg, fds, filt, ctrl.fileno())
+                    _child.child_main(cfg, fds, z, ruleset)
                     os._exit(0)  # pragma: no cover
                 for fd in fds:
                     os.close(fd)

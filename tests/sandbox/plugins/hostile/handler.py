@@ -1,0 +1,310 @@
+"""A deliberately hostile old-format directory plugin: ``run(params, ctx)`` dispatches on ``action``.
+
+Every action attacks the host or the sandbox; the tests assert containment.
+"""
+
+import builtins
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+STATE = {"calls": 0}
+
+
+def _ok(**kw):
+    return {"ok": True, **kw}
+
+
+def run(params, ctx):
+    action = params.get("action", "echo")
+    STATE["calls"] += 1
+    fn = globals()["act_" + action]
+    return fn(params, ctx)
+
+
+def act_echo(p, ctx):
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    return {
+        "params": p,
+        "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "user": ctx.user_id,
+        "tenant": ctx.tenant_id,
+        "calls": STATE["calls"],
+        "json_dumps_ok": json.dumps({"a": 1}) == '{"a": 1}',
+        "print_is_builtin": builtins.print.__module__ == "builtins" if hasattr(builtins.print, "__module__") else True,
+        "pid": os.getpid(),
+        "sid": os.getsid(0),
+    }
+
+
+def act_fail(p, ctx):
+    print("about to fail", file=sys.stderr)
+    raise ValueError("boom from plugin")
+
+
+def act_not_json(p, ctx):
+    return {"x": object()}
+
+
+def act_huge_alloc(p, ctx):
+    b = bytearray(p.get("mb", 4096) << 20)
+    return len(b)
+
+
+def act_grow(p, ctx):
+    chunks = []
+    while True:
+        chunks.append(bytearray(8 << 20))
+        for i in range(0, len(chunks[-1]), 4096):
+            chunks[-1][i] = 1
+
+
+def act_busy(p, ctx):
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    x = 0
+    while True:
+        x += 1
+
+
+def act_sleep(p, ctx):
+    time.sleep(p.get("seconds", 60))
+    return "woke"
+
+
+def act_fork_bomb(p, ctx):
+    pids = []
+    try:
+        for _ in range(p.get("n", 10_000)):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            pids.append(pid)
+    finally:
+        print(f"forked {len(pids)}", file=sys.stderr)
+    return len(pids)
+
+
+def act_fork_n(p, ctx):
+    pids = []
+    for _ in range(p["n"]):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(0.5)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return len(pids)
+
+
+def act_thread_bomb(p, ctx):
+    threads = []
+    ev = threading.Event()
+    for _ in range(p.get("n", 10_000)):
+        t = threading.Thread(target=ev.wait, daemon=True)
+        t.start()
+        threads.append(t)
+    return len(threads)
+
+
+def act_daemon(p, ctx):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        pid2 = os.fork()
+        if pid2 == 0:
+            os.close(r)
+            for fd in (0, 1, 2):
+                os.close(fd)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    daemon = int(os.read(r, 100))
+    return {"daemon": daemon}
+
+
+def act_files(p, ctx):
+    fds = []
+    while True:
+        fds.append(os.open("/dev/null", os.O_RDONLY))
+
+
+def act_big_file(p, ctx):
+    with open("big.bin", "wb") as fh:
+        for _ in range(p.get("mb", 1024)):
+            fh.write(b"\0" * (1 << 20))
+    return "wrote"
+
+
+def act_many_files(p, ctx):
+    n = 0
+    for i in range(p.get("n", 100_000)):
+        with open(f"f{i}.txt", "wb") as fh:
+            fh.write(b"x" * p.get("size", 8192))
+        n += 1
+    return n
+
+
+def act_stdout_flood(p, ctx):
+    chunk = "x" * (1 << 20)
+    for _ in range(p.get("mb", 1024)):
+        sys.stdout.write(chunk)
+    return "done"
+
+
+def act_stderr_flood(p, ctx):
+    chunk = b"e" * (1 << 20)
+    for _ in range(p.get("mb", 1024)):
+        os.write(2, chunk)
+    return "done"
+
+
+def act_big_reply(p, ctx):
+    return "y" * (p.get("mb", 64) << 20)
+
+
+def act_forge_reply(p, ctx):
+    os.write(3, b"\x00\x00\x00\x05{bad}")
+    os._exit(0)
+
+
+def act_forge_oversized_header(p, ctx):
+    os.write(3, b"\xff\xff\xff\xff")
+    time.sleep(5)
+
+
+def act_forge_limit(p, ctx):
+    # a valid frame that lies about the result kind
+    body = json.dumps({"op": "result", "ok": False, "kind": "limit", "limit": "not-a-limit"}).encode()
+    os.write(3, len(body).to_bytes(4, "big") + body)
+    os._exit(0)
+
+
+def _try(fn):
+    try:
+        return {"ok": True, "value": fn()}
+    except BaseException as exc:  # noqa: BLE001
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _read(path, n=200):
+    with open(path, "rb") as fh:
+        return fh.read(n).decode("latin-1")
+
+
+def act_secrets(p, ctx):
+    host = p["host_pid"]
+    out = {"env": dict(os.environ)}
+    out["proc_environ"] = _try(lambda: _read(f"/proc/{host}/environ", 100000))
+    out["proc_mem"] = _try(lambda: _read(f"/proc/{host}/mem"))
+    out["proc_cmdline"] = _try(lambda: _read(f"/proc/{host}/cmdline"))
+    out["shadow"] = _try(lambda: _read("/etc/shadow"))
+    out["passwd"] = _try(lambda: _read("/etc/passwd"))
+    return out
+
+
+def act_escape_write(p, ctx):
+    target = p["target"]  # an absolute path outside the work dir
+    out = {}
+
+    def w(path):
+        with open(path, "w") as fh:
+            fh.write("pwned")
+        return path
+
+    out["absolute"] = _try(lambda: w(target))
+    rel = os.path.relpath(target, os.getcwd())
+    out["dotdot"] = _try(lambda: w(rel))
+
+    def via_symlink():
+        os.symlink(os.path.dirname(target), "link")
+        return w(os.path.join("link", os.path.basename(target)))
+
+    out["symlink"] = _try(via_symlink)
+    out["inside"] = _try(lambda: w("inside.txt"))
+    return out
+
+
+def act_network(p, ctx):
+    out = {}
+
+    def tcp():
+        s = socket.create_connection(("127.0.0.1", p["tcp_port"]), timeout=1)
+        s.sendall(b"pwned")
+        s.close()
+
+    def udp():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"pwned", ("127.0.0.1", p["udp_port"]))
+        s.close()
+
+    def unix():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(p["unix_path"])
+        s.sendall(b"pwned")
+        s.close()
+
+    out["tcp"] = _try(tcp)
+    out["udp"] = _try(udp)
+    out["unix"] = _try(unix)
+    return out
+
+
+def act_kill_parent(p, ctx):
+    out = {"ppid": os.getppid()}
+    out["kill_ppid"] = _try(lambda: os.kill(os.getppid(), signal.SIGKILL))
+    out["kill_host"] = _try(lambda: os.kill(p["host_pid"], signal.SIGKILL))
+    return out
+
+
+def act_monkeypatch(p, ctx):
+    builtins.print = lambda *a, **k: None
+    json.dumps = lambda *a, **k: "patched"
+    builtins.open = None
+    return "patched"
+
+
+def act_segfault(p, ctx):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def act_memory(p, ctx):
+    out = {}
+    out["write"] = _try(lambda: ctx.memory.write("fav color", {"v": "blue"}))
+    out["read"] = _try(lambda: ctx.memory.read("fav color", limit=3))
+    out["other_tenant"] = _try(lambda: ctx.memory.read("x", tenant_id="other"))
+    out["bad_method"] = _try(lambda: ctx.memory._call("purge_everything"))
+    out["not_json"] = _try(lambda: ctx.memory.write("q", object()))
+    out["attrs"] = sorted(a for a in vars(ctx.memory))
+    return out
+
+
+async def _async_part(p):
+    import asyncio
+
+    await asyncio.sleep(0)
+    return {"async": True}
+
+
+def act_async(p, ctx):
+    return _async_part(p)
+
+
+def act_counter(p, ctx):
+    return STATE["calls"]

@@ -1,0 +1,340 @@
+"""Hostile plugins through the real sandbox: each attack is contained and the host serves the next call.
+
+Every test names the layer(s) that stop the attack and skips, with the
+reason, where that layer is missing on the machine running the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+
+from karen_hooks import LimitExceeded, Limits, PluginError, PluginSettings, PluginTimeout, SandboxError
+
+from .conftest import HOST_PID, alive, need, run, still_serves
+
+
+def _limit(exc_info) -> str:
+    assert isinstance(exc_info.value, LimitExceeded)
+    assert exc_info.value.plugin == "hostile"
+    return exc_info.value.limit
+
+
+# -- memory ------------------------------------------------------------------
+
+
+def test_huge_allocation(executor, layers):
+    need(layers, "rlimits")
+    t = time.monotonic()
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "huge_alloc", mb=4096)
+    assert _limit(ei) == "memory"
+    assert time.monotonic() - t < 5
+    still_serves(executor)
+
+
+def test_gradual_growth(executor, layers):
+    need(layers, "cgroup_memory")
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "grow", limits=Limits(memory_mb=128, wall_seconds=20))
+    assert _limit(ei) == "memory"
+    still_serves(executor)
+
+
+# -- time --------------------------------------------------------------------
+
+
+def test_busy_loop_ignoring_sigxcpu(executor, layers):
+    need(layers, "rlimits")
+    t = time.monotonic()
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "busy", limits=Limits(cpu_seconds=1, wall_seconds=20))
+    assert _limit(ei) == "cpu"
+    assert time.monotonic() - t < 10  # killed at the hard limit, not the wall time
+    still_serves(executor)
+
+
+def test_sleep_hits_wall_time(executor):
+    t = time.monotonic()
+    with pytest.raises(PluginTimeout) as ei:
+        run(executor, "sleep", limits=Limits(wall_seconds=0.5), seconds=60)
+    assert ei.value.limit == "wall_time" and ei.value.plugin == "hostile"
+    assert time.monotonic() - t < 3
+    still_serves(executor)
+
+
+# -- processes ---------------------------------------------------------------
+
+
+def test_fork_bomb_then_next_call_gets_full_budget(executor, layers):
+    need(layers, "cgroup_pids")
+    assert os.geteuid() == 0 or pytest.skip("the root case needs the host to run as root")
+    lim = Limits(processes=16, wall_seconds=20)
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "fork_bomb", limits=lim)
+    assert _limit(ei) == "processes"
+    assert "forked" in ei.value.stderr
+    # every bomb process is gone, so the next call can use its whole budget
+    assert run(executor, "fork_n", limits=lim, n=12).result == 12
+    still_serves(executor)
+
+
+def test_thread_bomb_then_next_call_gets_full_budget(executor, layers):
+    need(layers, "cgroup_pids")
+    lim = Limits(processes=16, wall_seconds=20)
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "thread_bomb", limits=lim)
+    assert _limit(ei) == "processes"
+    assert run(executor, "fork_n", limits=lim, n=12).result == 12
+
+
+def test_double_fork_daemon_does_not_survive_the_call(executor, layers):
+    need(layers, "cgroup_pids")
+    daemon = run(executor, "daemon").result["daemon"]
+    deadline = time.monotonic() + 2
+    while alive(daemon) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(daemon)
+
+
+# -- files -------------------------------------------------------------------
+
+
+def test_exhausting_file_handles(executor, layers):
+    need(layers, "rlimits")
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "files")
+    assert _limit(ei) == "open_files"
+    still_serves(executor)
+
+
+def test_large_file(executor, layers):
+    need(layers, "rlimits")
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "big_file", limits=Limits(file_size_mb=4), mb=64)
+    assert _limit(ei) == "file_size"
+    still_serves(executor)
+
+
+def test_many_small_files_fill_only_the_work_dir(executor, layers):
+    need(layers, "workdir_quota")
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "many_files", limits=Limits(work_dir_mb=4), n=100_000, size=8192)
+    assert _limit(ei) == "file_size" and "work dir full" in str(ei.value)
+    still_serves(executor)
+
+
+# -- output and replies -----------------------------------------------------------------
+
+
+def test_gigabyte_to_stdout_costs_the_host_only_the_cap(executor):
+    t = time.monotonic()
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "stdout_flood", limits=Limits(stdout_bytes=1 << 20), mb=1024)
+    assert _limit(ei) == "stdout"
+    assert time.monotonic() - t < 5
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "stderr_flood", limits=Limits(stderr_bytes=1 << 16), mb=1024)
+    assert _limit(ei) == "stderr"
+    assert len(ei.value.stderr) <= 1 << 16
+    still_serves(executor)
+
+
+def test_oversized_reply(executor):
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "big_reply", limits=Limits(reply_bytes=1 << 20), mb=8)
+    assert _limit(ei) == "reply_size"
+    with pytest.raises(LimitExceeded) as ei:
+        run(executor, "forge_oversized_header")
+    assert _limit(ei) == "reply_size"
+    still_serves(executor)
+
+
+def test_malformed_and_forged_replies(executor):
+    with pytest.raises(SandboxError) as ei:
+        run(executor, "forge_reply")
+    assert "malformed" in str(ei.value) and not isinstance(ei.value, LimitExceeded)
+    with pytest.raises(SandboxError) as ei:
+        run(executor, "forge_limit")
+    assert "unknown limit" in str(ei.value)
+    still_serves(executor)
+
+
+# -- secrets -----------------------------------------------------------------
+
+
+def test_host_environment_and_proc_secrets(executor, layers):
+    os.environ["KAREN_TEST_SECRET"] = "s3cr3t-value"
+    try:
+        r = run(executor, "secrets", host_pid=HOST_PID).result
+    finally:
+        del os.environ["KAREN_TEST_SECRET"]
+    assert r["env"] == {}  # exec'd with an empty environment
+    need(layers, "landlock_fs")
+    for key in ("proc_environ", "proc_mem", "proc_cmdline"):
+        assert not r[key]["ok"], (key, r[key])
+        assert "s3cr3t" not in str(r[key])
+
+
+def test_etc_shadow_unreadable(executor, layers):
+    need(layers, "landlock_fs")
+    r = run(executor, "secrets", host_pid=HOST_PID).result
+    assert not r["shadow"]["ok"] and "Permission" in r["shadow"]["error"]
+    assert not r["passwd"]["ok"]  # nothing outside the allow-list, not even world-readable files
+
+
+def test_writes_outside_work_dir(executor, layers):
+    need(layers, "landlock_fs")
+    outside = tempfile.mkdtemp(prefix="karen-outside-")
+    os.chmod(outside, 0o777)  # only the sandbox layers stand in the way
+    target = os.path.join(outside, "pwned.txt")
+    try:
+        r = run(executor, "escape_write", target=target).result
+        assert r["inside"]["ok"]
+        for how in ("absolute", "dotdot", "symlink"):
+            assert not r[how]["ok"], (how, r[how])
+        assert not os.path.exists(target)
+    finally:
+        import shutil
+
+        shutil.rmtree(outside)
+
+
+# -- network -----------------------------------------------------------------
+
+
+def test_tcp_udp_and_unix_sockets_fail(executor, layers):
+    need(layers, "seccomp")
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(5)
+    tcp.settimeout(0.2)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.2)
+    d = tempfile.mkdtemp(prefix="karen-unix-")
+    os.chmod(d, 0o777)
+    path = os.path.join(d, "sock")
+    uds = socket.socket(socket.AF_UNIX)
+    uds.bind(path)
+    os.chmod(path, 0o777)
+    uds.listen(5)
+    uds.settimeout(0.2)
+    try:
+        r = run(executor, "network", tcp_port=tcp.getsockname()[1], udp_port=udp.getsockname()[1],
+                unix_path=path).result
+        for kind in ("tcp", "udp", "unix"):
+            assert not r[kind]["ok"], (kind, r[kind])
+        for srv in (tcp, uds):
+            with pytest.raises(socket.timeout):
+                srv.accept()
+        with pytest.raises(socket.timeout):
+            udp.recv(100)
+    finally:
+        for s in (tcp, udp, uds):
+            s.close()
+        import shutil
+
+        shutil.rmtree(d)
+
+
+def test_network_namespace_has_no_route(executor, layers):
+    need(layers, "netns")
+    # seccomp already denies socket(); the netns is proven by the zygote itself
+    with open(f"/proc/{executor._zygote().pid}/ns/net") as _:
+        pass
+    assert os.readlink(f"/proc/{executor._zygote().pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+# -- signals -----------------------------------------------------------------
+
+
+def test_kill_parent_and_host(executor, layers):
+    if not (layers["uid"].active or layers["landlock_scope"].active):
+        pytest.skip("neither a dedicated uid nor Landlock signal scoping is available here")
+    zpid = executor._zygote().pid
+    r = run(executor, "kill_parent", host_pid=HOST_PID).result
+    assert r["ppid"] == zpid
+    assert not r["kill_ppid"]["ok"] and not r["kill_host"]["ok"]
+    assert alive(zpid)
+    still_serves(executor)
+
+
+# -- state -------------------------------------------------------------------
+
+
+def test_monkeypatching_builtins_does_not_leak_to_next_call(executor):
+    assert run(executor, "monkeypatch").result == "patched"
+    r = run(executor, "echo").result
+    assert r["json_dumps_ok"] and r["calls"] == 1
+    still_serves(executor)
+
+
+def test_ctypes_segfault(executor):
+    with pytest.raises(SandboxError) as ei:
+        run(executor, "segfault")
+    assert "SIGSEGV" in str(ei.value) and ei.value.plugin == "hostile"
+    still_serves(executor)
+
+
+def test_zygote_killed_ten_times_in_a_row(executor):
+    for _ in range(10):
+        z = executor._zygote()
+        os.kill(z.pid, signal.SIGKILL)
+        z.proc.wait(5)
+        still_serves(executor)
+    assert executor._zygote().pid != z.pid
+
+
+def test_zygote_killed_during_a_call_is_a_typed_error(executor):
+    z = executor._zygote()
+    threading.Timer(0.3, lambda: os.kill(z.pid, signal.SIGKILL)).start()
+    with pytest.raises(PluginTimeout):
+        run(executor, "sleep", limits=Limits(wall_seconds=1), seconds=30)
+    still_serves(executor)
+
+
+def test_warm_worker_wedged_is_replaced(executor):
+    st = PluginSettings(mode="warm", warm_max_calls=50)
+    with pytest.raises(PluginTimeout):
+        run(executor, "sleep", settings=st, limits=Limits(wall_seconds=0.3), seconds=30)
+    assert run(executor, "counter", settings=st).result == 1
+
+
+def test_no_stray_processes_after_hostile_calls(executor, layers):
+    need(layers, "cgroup_pids")
+    executor.drop_warm()  # warm workers are meant to stay; everything else must be gone
+    for action in ("daemon", "fork_n"):
+        run(executor, action, n=3)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        free = list(executor._slots.queue)  # a slot is back only once its cgroup is empty
+        busy = [s.cg.pids() for s in free if s.cg is not None]
+        zpid = executor._zygote().pid
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == zpid]
+        if len(free) == executor._nslots and not any(busy) and not children:
+            break
+        time.sleep(0.02)
+    assert len(free) == executor._nslots
+    assert not any(busy)
+    assert children == []
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(") ", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def test_plugin_error_is_not_a_limit(executor):
+    with pytest.raises(PluginError) as ei:
+        run(executor, "fail")
+    assert not isinstance(ei.value, SandboxError)
