@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -100,6 +103,38 @@ def _user_fields(user_ctx: Any) -> tuple[Any, Any, Any]:
 _MSG = "plugin call %s/%s %s in %.3f ms"
 
 
+def _template() -> dict[str, Any]:
+    return logging.LogRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, _MSG, None, None).__dict__.copy()
+
+
+_TEMPLATE = _template()
+
+
+class AuditRecord(logging.LogRecord):
+    """An ordinary LogRecord for handlers and formatters, built ~2x faster than by the generic
+    constructor: the per-process attributes come from a template, only time, thread and args
+    are filled per record. (``logging.setLogRecordFactory`` is not consulted for audit records.)"""
+
+    def __init__(self, args: tuple[Any, ...], extra: dict[str, Any]) -> None:  # noqa: D107
+        global _TEMPLATE
+        pid = os.getpid()
+        if _TEMPLATE["process"] != pid:  # forked: process name and id changed
+            _TEMPLATE = _template()
+        d = _TEMPLATE.copy()
+        d.update(extra)
+        ct = time.time()
+        d["args"] = args
+        d["created"] = ct
+        d["msecs"] = (ct - int(ct)) * 1000.0
+        d["relativeCreated"] = (ct - _START) * 1000.0
+        d["thread"] = threading.get_ident()
+        d["threadName"] = threading.current_thread().name
+        self.__dict__ = d
+
+
+_START: float = getattr(logging, "_startTime", time.time())
+
+
 def audit_call(
     *,
     user_ctx: Any,
@@ -136,8 +171,4 @@ def audit_call(
         extra["params"] = params
         extra["result"] = result
     # Built directly rather than through Logger.info: skips the caller lookup (a stack walk) on every call.
-    record = logging.LogRecord(
-        AUDIT_LOGGER, logging.INFO, __file__, 0, _MSG, (plugin, intent, outcome, duration * 1000.0), None
-    )
-    record.__dict__.update(extra)
-    audit_log.handle(record)
+    audit_log.handle(AuditRecord((plugin, intent, outcome, duration * 1000.0), extra))

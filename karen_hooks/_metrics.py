@@ -13,11 +13,17 @@ User ids, tenants and params are never labels.
 
 from __future__ import annotations
 
+import os
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 UNKNOWN = "_unknown"
 OTHER = "_other"
@@ -55,16 +61,107 @@ class _Bounded:
         return v
 
 
-class CallSeries:
-    """Pre-bound children for one (plugin, intent): the hot path touches only these."""
+_CALLS = ("karen_plugin_calls_total", "Plugin calls by plugin, intent and outcome ({}).".format(", ".join(OUTCOMES)))
+_DURATION = (
+    "karen_plugin_call_duration_seconds",
+    "Wall time of plugin calls, from the host's entry to its answer, including checks.",
+)
+_IN_FLIGHT = ("karen_plugin_calls_in_flight", "Plugin calls currently running.")
 
-    __slots__ = ("outcomes", "duration", "in_flight", "denials")
+
+class CallSeries:
+    """The call metrics of one (plugin, intent), kept as plain numbers under one lock.
+
+    The hot path is :meth:`start` and :meth:`finish`: one uncontended lock
+    each, no prometheus-client objects. :class:`_CallCollector` turns them into
+    ``karen_plugin_calls_total``, ``karen_plugin_call_duration_seconds`` and
+    ``karen_plugin_calls_in_flight`` at scrape time.
+    """
+
+    __slots__ = ("plugin", "intent", "_lock", "in_flight", "counts", "buckets", "total_seconds")
+
+    def __init__(self, plugin: str, intent: str) -> None:
+        self.plugin = plugin
+        self.intent = intent
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.total_seconds = 0.0
+
+    def start(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def finish(self, outcome: str, seconds: float) -> None:
+        i = bisect_left(DURATION_BUCKETS, seconds)  # first bucket with le >= seconds
+        with self._lock:
+            self.in_flight -= 1
+            self.counts[outcome] += 1
+            self.buckets[i] += 1
+            self.total_seconds += seconds
+
+    def snapshot(self) -> tuple[int, dict[str, int], list[int], float]:
+        with self._lock:
+            return self.in_flight, dict(self.counts), list(self.buckets), self.total_seconds
+
+
+class _CallCollector(Collector):
+    """Exposes every :class:`CallSeries` of a :class:`Metrics` (a prometheus-client custom collector)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return [
+            CounterMetricFamily(_CALLS[0], _CALLS[1], labels=["plugin", "intent", "outcome"]),
+            HistogramMetricFamily(_DURATION[0], _DURATION[1], labels=["plugin", "intent"]),
+            GaugeMetricFamily(_IN_FLIGHT[0], _IN_FLIGHT[1], labels=["plugin"]),
+        ]
+
+    def collect(self) -> Iterator[Any]:
+        calls = CounterMetricFamily(_CALLS[0], _CALLS[1], labels=["plugin", "intent", "outcome"])
+        duration = HistogramMetricFamily(_DURATION[0], _DURATION[1], labels=["plugin", "intent"])
+        in_flight = GaugeMetricFamily(_IN_FLIGHT[0], _IN_FLIGHT[1], labels=["plugin"])
+        per_plugin: dict[str, int] = {}
+        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
+        for series in self._metrics.all_series():
+            flying, counts, buckets, total = series.snapshot()
+            per_plugin[series.plugin] = per_plugin.get(series.plugin, 0) + flying
+            for outcome, n in counts.items():
+                calls.add_metric([series.plugin, series.intent, outcome], n)
+            cumulative, acc = [], 0
+            for le, n in zip(bounds, buckets, strict=True):
+                acc += n
+                cumulative.append((le, acc))
+            duration.add_metric([series.plugin, series.intent], cumulative, total)
+        for plugin, n in per_plugin.items():
+            in_flight.add_metric([plugin], n)
+        yield calls
+        yield duration
+        yield in_flight
+
+
+class _ClientSeries(CallSeries):
+    """Multiprocess mode: the same interface on prometheus-client children, whose values live in
+    ``PROMETHEUS_MULTIPROC_DIR`` files so one exposure can add up every worker process."""
+
+    __slots__ = ("_outcomes", "_duration", "_gauge")
 
     def __init__(self, m: Metrics, plugin: str, intent: str) -> None:
-        self.outcomes = {o: m.calls.labels(plugin, intent, o) for o in OUTCOMES}
-        self.duration = m.duration.labels(plugin, intent)
-        self.in_flight = m.in_flight.labels(plugin)
-        self.denials = m.rbac_denials.labels(plugin, intent)
+        super().__init__(plugin, intent)
+        assert m.calls is not None and m.duration is not None and m.in_flight is not None
+        self._outcomes = {o: m.calls.labels(plugin, intent, o) for o in OUTCOMES}
+        self._duration = m.duration.labels(plugin, intent)
+        self._gauge = m.in_flight.labels(plugin)
+
+    def start(self) -> None:
+        self._gauge.inc()
+
+    def finish(self, outcome: str, seconds: float) -> None:
+        self._gauge.dec()
+        self._outcomes[outcome].inc()
+        self._duration.observe(seconds)
 
 
 class Metrics:
@@ -73,26 +170,17 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
-        self.calls = Counter(
-            "karen_plugin_calls_total",
-            "Plugin calls by plugin, intent and outcome (ok, error, denied, invalid, timeout, limit, not_found).",
-            ["plugin", "intent", "outcome"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "karen_plugin_call_duration_seconds",
-            "Wall time of plugin calls, from the host's entry to its answer, including checks.",
-            ["plugin", "intent"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "karen_plugin_calls_in_flight",
-            "Plugin calls currently running.",
-            ["plugin"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
+        #: multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set when this object is created)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+        self.calls: Counter | None = None
+        self.duration: Histogram | None = None
+        self.in_flight: Gauge | None = None
+        if self.multiprocess:
+            self.calls = Counter(_CALLS[0], _CALLS[1], ["plugin", "intent", "outcome"], registry=r)
+            self.duration = Histogram(_DURATION[0], _DURATION[1], ["plugin", "intent"], buckets=DURATION_BUCKETS, registry=r)
+            self.in_flight = Gauge(_IN_FLIGHT[0], _IN_FLIGHT[1], ["plugin"], multiprocess_mode="livesum", registry=r)
+        else:
+            r.register(_CallCollector(self))
         self.rbac_denials = Counter(
             "karen_rbac_denials_total",
             "Calls refused because the caller's roles do not admit them to the intent.",
@@ -130,7 +218,7 @@ class Metrics:
             registry=r,
         )
         self._series: dict[tuple[str, str], CallSeries] = {}
-        self._unknown = CallSeries(self, UNKNOWN, UNKNOWN)
+        self._unknown = self._new_series(UNKNOWN, UNKNOWN)
         self._kinds = _Bounded()
         self._backends = _Bounded()
         self._ops = _Bounded()
@@ -139,12 +227,22 @@ class Metrics:
 
     # -- calls (called by the manager's observer) --------------------------
 
+    def _new_series(self, plugin: str, intent: str) -> CallSeries:
+        return _ClientSeries(self, plugin, intent) if self.multiprocess else CallSeries(plugin, intent)
+
     def series(self, plugin: str, intent: str) -> CallSeries:
-        """Children for a *loaded* plugin's intent. Callers pass only names the router resolved."""
+        """The series of a *loaded* plugin's intent. Callers pass only names the router resolved."""
         s = self._series.get((plugin, intent))
         if s is None:
-            s = self._series.setdefault((plugin, intent), CallSeries(self, plugin, intent))
+            with _lock:
+                s = self._series.get((plugin, intent))
+                if s is None:
+                    s = self._series[(plugin, intent)] = self._new_series(plugin, intent)
         return s
+
+    def all_series(self) -> list[CallSeries]:
+        with _lock:
+            return [self._unknown, *self._series.values()]
 
     def unknown_series(self) -> CallSeries:
         """Children for calls naming no loaded plugin or intent."""
@@ -275,19 +373,16 @@ class CallObserver:
         trace = self.manager.settings.trace_plugins and info is not None and info.sandboxed
         if trace:
             self._trace_line(f"{info.name}.karen_run(intent={it_name!r}) [sandbox {mode}]")
-        series.in_flight.inc()
+        series.start()
         t0 = perf_counter()
         try:
             result = await call
         except BaseException as exc:
             dt = perf_counter() - t0
-            series.in_flight.dec()
             self._failed(exc, dt, info, it_name, series, mode, name, params, user_ctx, span, trace)
             raise
         dt = perf_counter() - t0
-        series.in_flight.dec()
-        series.duration.observe(dt)
-        series.outcomes["ok"].inc()
+        series.finish("ok", dt)
         if span is not None:
             span.end(info.name, it_name, "ok", None)
         if trace:
@@ -322,11 +417,10 @@ class CallObserver:
         trace: bool,
     ) -> None:
         outcome = classify(exc)
-        series.duration.observe(dt)
-        series.outcomes[outcome].inc()
+        series.finish(outcome, dt)
         limit = getattr(exc, "limit", None)
         if outcome == "denied":
-            series.denials.inc()
+            self.metrics.rbac_denials.labels(series.plugin, series.intent).inc()
         elif limit is not None:
             self.metrics.sandbox_event("limit", limit)
         plugin = info.name if info is not None else None

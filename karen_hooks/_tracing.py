@@ -6,9 +6,10 @@ stderr, never into the output captured for the plugin's call. Sandboxed
 plugins' hooks run in another process; the host traces their calls from the
 outside (see :func:`trace_line`).
 
-OpenTelemetry: when ``opentelemetry-api`` is importable, each ``run_plugin``
-is a ``karen.run_plugin`` span (attributes ``karen.plugin``,
-``karen.intent``, ``karen.outcome``); otherwise nothing happens.
+OpenTelemetry: when ``opentelemetry-api`` is importable and the app has set a
+tracer provider (the SDK's), each ``run_plugin`` is a ``karen.run_plugin``
+span (attributes ``karen.plugin``, ``karen.intent``, ``karen.outcome``) made
+current around the call; otherwise nothing happens, at the cost of one check.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from ._capture import _ContextStream
 try:  # optional dependency
     from opentelemetry import context as _otel_context
     from opentelemetry import trace as _otel_trace
+    _NO_PROVIDER: tuple[type, ...] = (_otel_trace.ProxyTracerProvider, _otel_trace.NoOpTracerProvider)
 except ImportError:  # pragma: no cover - depends on the environment
     _otel_trace = None  # type: ignore[assignment]
     _otel_context = None  # type: ignore[assignment]
+    _NO_PROVIDER = ()
 
 _MAX_REPR = 200
 _tracer: Any = None
+_MISSING = object()
 
 
 def _stderr() -> TextIO:
@@ -119,6 +123,12 @@ def otel_available() -> bool:
 def start_span(requested: str) -> Span | None:
     """Start the ``karen.run_plugin`` span and make it current; ``None`` when opentelemetry is absent."""
     if _otel_trace is None:
+        return None
+    # The global the API keeps (a plain read; get_tracer_provider() also reads os.environ every time).
+    provider = getattr(_otel_trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is _MISSING:  # an API version without that global
+        provider = _otel_trace.get_tracer_provider()
+    if provider is None or isinstance(provider, _NO_PROVIDER):  # no SDK configured: spans would be dropped
         return None
     global _tracer
     if _tracer is None:
