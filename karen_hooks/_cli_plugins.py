@@ -226,7 +226,9 @@ def cmd_new(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ._migrate import migrate
 
-    out = migrate(args.path, args.out_dir, force=args.force)
+    out, notes = migrate(args.path, args.out_dir, force=args.force)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {out}")
     print(f"next: cd {out} && pip install -e . && pytest")
     return 0
