@@ -1,0 +1,88 @@
+"""Backend specifics beyond the conformance suite: schema creation under concurrency, files, errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from karen_hooks import MemoryBackendError
+from karen_hooks.memory import MemoryRecord, SQLiteBackend
+
+from .conftest import postgres_dsn
+
+
+def _start_together(make: Any, n: int = 6) -> list[Any]:
+    barrier = threading.Barrier(n)
+    made: list[Any] = []
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            made.append(make())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return made
+
+
+def test_sqlite_schema_creation_is_safe_when_many_start_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "m.db"
+    backends = _start_together(lambda: SQLiteBackend(path))
+    r = MemoryRecord.create("t", "u", "hello", 1)
+    backends[0].write("t", r)
+    assert [x.id for x in backends[-1].read("t", "hello", now=r.created_at)] == [r.id]
+    for b in backends:
+        b.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with pytest.raises(MemoryBackendError, match="closed"):
+        backends[0].read("t", "hello", now=0)
+
+
+def test_sqlite_unopenable_path_is_a_memory_backend_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(MemoryBackendError, match="cannot open"):
+        SQLiteBackend(blocker / "m.db")
+
+
+def test_postgres_migration_is_safe_when_many_hosts_start_at_once() -> None:
+    dsn = postgres_dsn()
+    from karen_hooks.memory import PostgresBackend
+
+    table = "karen_mem_test_" + uuid.uuid4().hex[:10]
+    backends = _start_together(lambda: PostgresBackend(dsn, table=table, min_size=1, max_size=2))
+    try:
+        r = MemoryRecord.create("t", "u", "hello world", {"k": [1, 2]})
+        backends[0].write("t", r)
+        assert backends[-1].read("t", "world", now=r.created_at) == [r]
+        version = backends[0]._run("check", lambda c: c.execute(
+            "SELECT version FROM karen_memory_schema WHERE table_name = %s", (table,)).fetchone()[0])
+        assert version == 1
+    finally:
+        backends[0].drop()
+        for b in backends:
+            b.close()
+
+
+def test_postgres_bad_dsn_and_table_name() -> None:
+    postgres_dsn()
+    from karen_hooks.memory import PostgresBackend
+
+    with pytest.raises(ValueError, match="identifier"):
+        PostgresBackend(postgres_dsn(), table="x; DROP TABLE y")
+    with pytest.raises(MemoryBackendError) as info:
+        PostgresBackend("postgresql://nobody:s3cretpw@127.0.0.1:1/none", timeout=1)
+    assert "s3cretpw" not in str(info.value)
