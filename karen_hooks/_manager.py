@@ -86,6 +86,8 @@ class PluginManager:
         # Metrics, audit log and spans for every call (observe=False: none of them; see docs/operations.md).
         registry = metrics_registry if metrics_registry is not None else getattr(self.router, "metrics_registry", None)
         self.observer = CallObserver(self, get_metrics(registry)) if observe else None
+        if self.observer is not None and memory:
+            self.observer.metrics.watch_memory(memory)
 
     @property
     def memory(self) -> MemoryManager | None:
@@ -94,6 +96,8 @@ class PluginManager:
         if self._memory is None:
             trusted = list(self.router._callers.values())
             self._memory = MemoryManager(settings=self.settings, hook=trusted)
+            if self.observer is not None:
+                self.observer.metrics.watch_memory(self._memory)
         return self._memory or None
 
     def _memory_handle(self, user: UserContext, plugin: str) -> TenantMemory | UnavailableMemory | None:

@@ -33,6 +33,7 @@ MAX_LABEL_VALUES = 64
 #: Every value of the ``outcome`` label of ``karen_plugin_calls_total``.
 OUTCOMES = ("ok", "error", "denied", "invalid", "timeout", "limit", "not_found")
 SANDBOX_EVENTS = ("start", "kill", "limit")
+_MEMORY_OUTCOMES = {"ok": "ok", "failed": "error", "error": "error", "retry": "retry"}
 
 #: Call-duration buckets in seconds: sub-millisecond in-host calls up to slow sandboxed ones.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -263,6 +264,24 @@ class Metrics:
     def memory_op(self, backend: str, op: str, ok: bool = True) -> None:
         """Count one memory operation (``op``: write, read, delete, ...) on ``backend``."""
         self.memory_ops.labels(self._backends(backend), self._ops(op), "ok" if ok else "error").inc()
+
+    def memory_event(self, backend: str, event: str) -> None:
+        """Count a :class:`~karen_hooks.memory.MemoryManager` event (``write_ok``, ``write_failed``,
+        ``write_retry``, ``read_failed``, ...) as ``op`` and ``outcome`` (ok, error, retry, ...)."""
+        op, _, status = event.rpartition("_")
+        if not op:
+            op, status = event, "ok"
+        outcome = _MEMORY_OUTCOMES.get(status, status)
+        self.memory_ops.labels(self._backends(backend), self._ops(op), self._kinds(outcome)).inc()
+
+    def watch_memory(self, memory: Any) -> None:
+        """Count every event of a MemoryManager (once per manager and registry)."""
+        watched = memory.__dict__.setdefault("_karen_metrics_watched", set())
+        if id(self) in watched or not hasattr(memory, "add_listener"):
+            return
+        watched.add(id(self))
+        name = type(getattr(memory, "backend", None)).__name__.lower().removesuffix("backend") or "unknown"
+        memory.add_listener(lambda event, labels: self.memory_event(name, event))
 
     def load_error(self, plugin: str) -> None:
         """Count a plugin reported and skipped at discovery."""

@@ -202,3 +202,20 @@ def test_opentelemetry_spans_with_the_sdk(tmp_path: Path) -> None:
         ("secret", "denied"),
     ]
     assert spans[1].status.status_code == trace.StatusCode.ERROR
+
+
+def test_memory_events_are_counted_by_backend(tmp_path: Path) -> None:
+    from karen_hooks import PluginManager
+    from karen_hooks.memory import InMemoryBackend, MemoryManager
+
+    write_plugins(tmp_path)
+    reg = CollectorRegistry()
+    router = make_manager(tmp_path, reg).router
+    memory = MemoryManager(backend=InMemoryBackend(), settings=router.settings)
+    mgr = PluginManager(router, memory=memory, metrics_registry=reg)
+    PluginManager(router, memory=memory, metrics_registry=reg)  # a second manager on the same registry: no double count
+    asyncio.run(mgr.run_plugin("okplug", {}, USER))
+    labels = {"backend": "inmemory", "op": "write", "outcome": "ok"}
+    assert reg.get_sample_value("karen_memory_operations_total", labels) == 1
+    get_metrics(reg).memory_event("inmemory", "read_failed")
+    assert reg.get_sample_value("karen_memory_operations_total", {"backend": "inmemory", "op": "read", "outcome": "error"}) == 1
