@@ -32,6 +32,9 @@ from .hookspecs import hookimpl, hookspec
 from .memory import AsyncMemoryManager, MemoryManager
 from ._router import PluginRouter
 from ._manager import PluginManager, RunResult
+from ._matching import BM25Matcher, IntentMatch, tool_schemas
+from ._prompts import render_template
+from ._ui import UIComponent, UIComponentResult, validate_component
 
 from ._version import __version__
 
@@ -39,8 +42,10 @@ __all__ = [
     "AccessDenied",
     "AmbiguousIntent",
     "AsyncMemoryManager",
+    "BM25Matcher",
     "ConfigError",
     "Intent",
+    "IntentMatch",
     "InvalidParams",
     "InvalidResult",
     "InvalidUserContext",
@@ -66,6 +71,8 @@ __all__ = [
     "TemplateError",
     "TemplateSecurityError",
     "TenantError",
+    "UIComponent",
+    "UIComponentResult",
     "UntrustedPluginError",
     "UserContext",
     "hookimpl",
@@ -73,4 +80,7 @@ __all__ = [
     "hookspecs",
     "load_settings",
     "parse_bool",
+    "render_template",
+    "tool_schemas",
+    "validate_component",
 ]
