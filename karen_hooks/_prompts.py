@@ -309,6 +309,13 @@ class KarenSandbox(ImmutableSandboxedEnvironment):
                 self._check_replace(owner, args[0], args[1])
         return super().call(context, obj, *args, **kwargs)
 
+    def _weighed(self, items: Iterator[Any], what: str) -> Iterator[Any]:
+        total = 0
+        for item in items:
+            total += _weight(item, self.max_output)
+            self._check_size(total, what)
+            yield item
+
     def _bounded_list(self, value: Any) -> list[Any]:
         items = []
         for item in value:
@@ -329,11 +336,15 @@ class KarenSandbox(ImmutableSandboxedEnvironment):
             """Refuse to stringify a value heavier than the cap (shared-reference bombs)."""
 
             def wrapped(*args: Any, **kwargs: Any) -> Any:
-                for a in args:
+                out = list(args)
+                for i, a in enumerate(out):
                     if not hasattr(a, "environment"):  # skip a passed context / eval context
-                        env._check_weight(a, f"the input of |{name}")
+                        if isinstance(a, Iterator):  # a lazy map/select: weigh items as they come
+                            out[i] = env._weighed(a, f"the input of |{name}")
+                        else:
+                            env._check_weight(a, f"the input of |{name}")
                         break
-                return f(*args, **kwargs)
+                return f(*out, **kwargs)
 
             for marker in ("jinja_pass_arg",):
                 if hasattr(f, marker):

@@ -103,6 +103,9 @@ PAYLOADS: list[tuple[str, str]] = [
         "upper-shared",
         "{% set a = ['x' * 100000] * 1 %}{% set a = [a, a, a, a] %}{% set a = [a, a, a, a] %}{{ a|upper }}",
     ),
+    ("lazy-map-list", "{{ range(10000)|map('center', 100000)|list|length }}"),
+    ("lazy-map-join", "{{ range(10000)|map('center', 100000)|join }}"),
+    ("fromkeys-shared", "{% set x = dict.fromkeys(range(10000), 'x' * 100000) %}{{ x.values()|list|join }}"),
     # deep nesting and recursion
     ("deep-parens", "{{ " + "(" * 500 + "1" + ")" * 500 + " }}"),
     ("deep-lists", "{{ " + "[" * 300 + "]" * 300 + " }}"),
