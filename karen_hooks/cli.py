@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("doctor", help="which isolation layers work on this machine")
     p.add_argument("--json", action="store_true", help="output JSON")
     p.set_defaults(func=_cli_run.cmd_doctor)
+
+    # -- karen metrics serve (docs/operations.md) -------------------------------
+    from .observability import cmd_metrics_serve
+
+    metrics = sub.add_parser("metrics", help="Prometheus metrics")
+    msub = metrics.add_subparsers(dest="metrics_command", metavar="SUBCOMMAND")
+    msub.required = True
+    p = msub.add_parser("serve", help="serve /metrics over HTTP (aggregates workers with PROMETHEUS_MULTIPROC_DIR)")
+    p.add_argument("--port", type=int, default=9464, help="port (default 9464; 0 picks a free one)")
+    p.add_argument("--addr", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.set_defaults(func=cmd_metrics_serve)
     return parser
 
 

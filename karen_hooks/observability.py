@@ -14,7 +14,8 @@ helpers aggregate every process's metrics. See docs/operations.md.
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client import make_asgi_app as _make_asgi_app
@@ -33,7 +34,6 @@ __all__ = [
     "configure_audit_log",
     "enable_hook_tracing",
     "exposure_registry",
-    "format_health_table",
     "get_metrics",
     "health_report",
     "make_asgi_app",
@@ -43,6 +43,7 @@ __all__ = [
     "multiprocess_dir",
     "otel_available",
     "sandbox_event",
+    "serve_forever",
     "serve_metrics",
 ]
 
@@ -112,15 +113,41 @@ def health_report(router: Any) -> list[dict[str, str]]:
     return rows
 
 
-def format_health_table(rows: list[dict[str, str]]) -> str:
-    """A plain-text table of :func:`health_report` rows (empty string when there are none)."""
-    if not rows:
-        return ""
-    cols = ("plugin", "distribution", "problem")
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols[:2]}
-    head = f"{'PLUGIN':<{widths['plugin']}}  {'DISTRIBUTION':<{widths['distribution']}}  PROBLEM"
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r['plugin']:<{widths['plugin']}}  {r['distribution']:<{widths['distribution']}}  {r['problem']}")
-    return "\n".join(lines)
+def serve_forever(
+    port: int = 9464,
+    addr: str = "127.0.0.1",
+    registry: CollectorRegistry | None = None,
+    *,
+    stop: threading.Event | None = None,
+    announce: TextIO | None = None,
+) -> None:
+    """Serve ``/metrics`` until ``stop`` is set or the process is interrupted (``karen metrics serve``)."""
+    httpd, thread = serve_metrics(port, addr, registry)
+    if announce is not None:
+        host = f"[{addr}]" if ":" in addr else addr
+        print(f"serving metrics on http://{host}:{httpd.server_port}/metrics", file=announce, flush=True)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
 
+
+def cmd_metrics_serve(args: Any) -> int:
+    """``karen metrics serve [--port N] [--addr A]``: the CLI entry (loads the plugins, then serves)."""
+    import sys
+
+    from ._cli_common import make_router
+
+    if multiprocess_dir() is None:
+        print(
+            "note: PROMETHEUS_MULTIPROC_DIR is not set, so only this process's metrics (plugin load errors) "
+            "are served; set it for the host's worker processes and here to aggregate them",
+            file=sys.stderr,
+        )
+    make_router(args)  # counts plugin load errors in this process
+    serve_forever(args.port, args.addr, announce=sys.stdout)
+    return 0

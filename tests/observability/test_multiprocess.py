@@ -81,3 +81,34 @@ def test_worker_processes_are_aggregated(tmp_path: Path, monkeypatch: pytest.Mon
     assert value(found, "karen_plugin_load_errors_total", plugin="broken") == WORKERS
     assert value(found, "karen_plugin_calls_in_flight", plugin="okplug") == 0
     assert callable(make_wsgi_app())
+
+
+def test_karen_metrics_serve_aggregates_the_directory(tmp_path: Path) -> None:
+    mp_dir = tmp_path / "prom"
+    mp_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "KAREN_LOAD_PLUGINS": ""}
+    env.pop("KAREN_CONFIG", None)
+    # one worker's worth of calls, then the CLI serves them
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    write_plugins(plugins)
+    subprocess.run(
+        [sys.executable, "-c", WORKER, str(plugins), ",".join(HANDLERS), "2"], env=env, check=True, capture_output=True
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "karen_hooks.cli", "metrics", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving metrics on http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        found = samples(scrape(port))
+        assert value(found, "karen_plugin_calls_total", plugin="okplug", intent="ok.run", outcome="ok") == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
