@@ -429,15 +429,10 @@ def _serve(cfg: dict[str, Any], aliases: dict[str, str]) -> None:
         if warm:
             _layers.rearm_cpu(cpu)
         reply, plugin = _run_one(plugin, cfg, req)
-        token = str(req.get("token", "")).encode()
-        for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        for stream in (sys.stdout, sys.stderr):  # output reaches the pipes before the reply
             try:
                 stream.flush()
             except Exception:
-                pass
-            try:
-                os.write(fd, token)
-            except OSError:
                 pass
         try:
             write_frame(PROTO_FD, reply)

@@ -156,47 +156,67 @@ class _Slot:
         self.uid = uid
         self.gid = gid
         self.cg = cg
+        self.tmpfs = ""  # this slot's size-capped tmpfs; each call gets a fresh dir in it
+        self.tmpfs_mb = 0
 
 
 class _Stream:
-    def __init__(self, name: str, cap: int, token: bytes) -> None:
+    """A capped reader of one output pipe; never holds more than ``cap`` bytes."""
+
+    def __init__(self, name: str, cap: int) -> None:
         self.name = name
         self.cap = cap
-        self.token = token
         self.buf = bytearray()
-        self.done = False
+        self.eof = False
         self.over = False
 
     def feed(self, data: bytes) -> None:
         if not data:
-            self.done = True
+            self.eof = True
             return
-        self.buf += data
-        idx = self.buf.find(self.token, max(0, len(self.buf) - len(data) - len(self.token)))
-        if idx >= 0:
-            del self.buf[idx:]
-            self.done = True
-        elif len(self.buf) > self.cap + len(self.token):
+        room = self.cap - len(self.buf)
+        if len(data) > room:
             self.over = True
-            del self.buf[self.cap:]
+            data = data[: max(room, 0)]
+        self.buf += data
 
-    def text(self) -> str:
-        return bytes(self.buf[: self.cap]).decode("utf-8", "replace")
+    def drain(self, fd: int) -> None:
+        """Read whatever is in the pipe now (data written before the reply is all there)."""
+        while not self.eof and not self.over:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            self.feed(data)
+
+    def take(self) -> str:
+        text = bytes(self.buf).decode("utf-8", "replace")
+        self.buf.clear()
+        return text
 
 
 class _Channel:
     """Host end of one sandbox child: protocol socket + stdout/stderr pipes."""
 
-    def __init__(self, sock: socket.socket, out_r: int, err_r: int) -> None:
+    def __init__(self, sock: socket.socket, out_r: int, err_r: int, limits: Limits) -> None:
         self.sock = sock
         self.out_r = out_r
         self.err_r = err_r
         sock.setblocking(False)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
-        self.broken = False
+        self.streams = {out_r: _Stream("stdout", limits.stdout_bytes), err_r: _Stream("stderr", limits.stderr_bytes)}
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(sock, selectors.EVENT_READ)
+        for fd in self.streams:
+            self.sel.register(fd, selectors.EVENT_READ)
+        self.sock_open = True
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sel.close()
         with contextlib.suppress(OSError):
             self.sock.close()
         for fd in (self.out_r, self.err_r):
@@ -222,34 +242,43 @@ def _drive(
     ch: _Channel, request: dict[str, Any], limits: Limits, memory: MemoryBridge | None,
     loop: asyncio.AbstractEventLoop | None, deadline: float,
 ) -> _Exchange:
+    """Send ``request`` and pump the channel until a reply, a limit, a crash or the deadline."""
     ex = _Exchange()
-    token = str(request["token"]).encode()
-    streams = {ch.out_r: _Stream("stdout", limits.stdout_bytes, token),
-               ch.err_r: _Stream("stderr", limits.stderr_bytes, token)}
+    streams = ch.streams
     frames = FrameBuffer(limits.reply_bytes)
     outbuf = bytearray(encode(request))
-    sel = selectors.DefaultSelector()
+    sel = ch.sel
+    want_write = False
     try:
-        sel.register(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        for fd in streams:
-            sel.register(fd, selectors.EVENT_READ)
-        sock_open = True
+        # the request usually goes out in one send; only a huge one needs the selector
+        try:
+            n = ch.sock.send(outbuf)
+            del outbuf[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            outbuf.clear()
+        if outbuf:
+            sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            want_write = True
         grace_until: float | None = None
         while True:
-            if ex.reply is not None and all(s.done for s in streams.values()):
+            if ex.reply is not None:
+                for fd, st in streams.items():
+                    st.drain(fd)
+                    if st.over:
+                        ex.limit = (st.name, f"more than {st.cap} bytes written")
                 break
-            if not sock_open and all(s.done for s in streams.values()):
+            if not ch.sock_open and all(st.eof for st in streams.values()):
                 break
             now = time.monotonic()
             if now >= deadline:
-                if ex.reply is None:
-                    ex.timed_out = True
+                ex.timed_out = True
                 break
             if grace_until is not None and now >= grace_until:
                 break
             timeout = deadline - now if grace_until is None else min(deadline, grace_until) - now
-            events = sel.select(timeout)
-            for key, mask in events:
+            for key, mask in sel.select(timeout):
                 if key.fileobj is ch.sock:
                     if mask & selectors.EVENT_WRITE and outbuf:
                         try:
@@ -259,9 +288,10 @@ def _drive(
                             pass
                         except OSError:
                             outbuf.clear()
+                    if want_write and not outbuf:
+                        sel.modify(ch.sock, selectors.EVENT_READ)
+                        want_write = False
                     if not mask & selectors.EVENT_READ:
-                        if not outbuf:
-                            sel.modify(ch.sock, selectors.EVENT_READ)
                         continue
                     try:
                         data = ch.sock.recv(1 << 20)
@@ -270,12 +300,11 @@ def _drive(
                     except OSError:
                         data = b""
                     if not data:
-                        sock_open = False
+                        ch.sock_open = False
                         ex.eof = True
                         sel.unregister(ch.sock)
-                        if grace_until is None:
-                            grace_until = time.monotonic() + 0.25
-                        continue
+                        grace_until = time.monotonic() + 0.25  # collect a crash's last words
+                        break
                     try:
                         msgs = frames.feed(data)
                     except FrameTooLargeError as exc:
@@ -288,11 +317,11 @@ def _drive(
                         op = msg.get("op")
                         if op == "result" and ex.reply is None:
                             ex.reply = msg
-                            if grace_until is None:
-                                grace_until = time.monotonic() + 0.25
                         elif op == "memory" and ex.reply is None:
                             outbuf += encode(_memory_rpc(msg, memory, loop, deadline))
-                            sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                            if not want_write:
+                                sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                                want_write = True
                         elif op == "setup_error":
                             ex.setup_error = str(msg.get("message", ""))[:2000]
                             return ex
@@ -300,24 +329,26 @@ def _drive(
                             ex.protocol_error = f"unexpected message {str(op)[:40]!r}"
                             return ex
                 else:
-                    s = streams[key.fd]
+                    st = streams[key.fd]
                     try:
                         data = os.read(key.fd, 1 << 16)
                     except BlockingIOError:
                         continue
                     except OSError:
                         data = b""
-                    s.feed(data)
-                    if s.done:
+                    st.feed(data)
+                    if st.eof:
                         sel.unregister(key.fd)
-                    if s.over:
-                        ex.limit = (s.name, f"more than {s.cap} bytes written")
+                    if st.over:
+                        ex.limit = (st.name, f"more than {st.cap} bytes written")
                         return ex
         return ex
     finally:
-        sel.close()
-        ex.stdout = streams[ch.out_r].text()
-        ex.stderr = streams[ch.err_r].text()
+        ex.stdout = streams[ch.out_r].take()
+        ex.stderr = streams[ch.err_r].take()
+        if want_write and ch.sock_open:
+            with contextlib.suppress(Exception):
+                sel.modify(ch.sock, selectors.EVENT_READ)
 
 
 def _memory_rpc(msg: dict[str, Any], memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None,
@@ -445,12 +476,14 @@ class _Worker:
 
     def _start(self, settings: PluginSettings) -> None:
         ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
-        self.workdir = os.path.join(ex._base, self.id)
-        os.mkdir(self.workdir, 0o700)
         if ex._tmpfs_ok:
-            _layers.mount_tmpfs(self.workdir, limits.work_dir_mb, max(slot.uid, 0), max(slot.gid, 0))
+            ex._slot_tmpfs(slot, limits.work_dir_mb)
+            self.workdir = os.path.join(slot.tmpfs, self.id)
             self.mounted = True
-        elif slot.uid > 0:
+        else:
+            self.workdir = os.path.join(ex._base, self.id)
+        os.mkdir(self.workdir, 0o700)
+        if slot.uid > 0:
             os.chown(self.workdir, slot.uid, slot.gid)
         if slot.cg is not None:
             mem = (limits.memory_mb + (limits.work_dir_mb if self.mounted else 0)) << 20
@@ -469,7 +502,7 @@ class _Worker:
         hs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        self.ch = _Channel(hs, out_r, err_r)
+        self.ch = _Channel(hs, out_r, err_r, limits)
         try:
             self.zyg = ex._zygote()
             try:
@@ -486,12 +519,12 @@ class _Worker:
             loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
         assert self.ch is not None
         self.calls += 1
-        request = {"op": "call", "hook": hook, "kwargs": kwargs, "token": "\x00KAREN-END-" + secrets.token_hex(8)}
+        request = {"op": "call", "hook": hook, "kwargs": kwargs}
         cg = self.slot.cg
         deadline = time.monotonic() + self.limits.wall_seconds
         ex = _drive(self.ch, request, self.limits, memory, loop, deadline)
-        hit = cg.hit() if cg is not None else set()
         if ex.reply is not None and not ex.timed_out and ex.limit is None:
+            hit = cg.hit() if cg is not None and ex.reply.get("ok") is not True else set()
             ok = ex.reply.get("ok") is True
             if not ok or self.calls >= self.max_calls:
                 self.retire(background=True)
@@ -541,9 +574,6 @@ class _Worker:
             zyg.wait_for(self.id, "exited", _EXIT_WAIT)
         if zyg is not None:
             zyg.forget(self.id)
-        if self.mounted:
-            with contextlib.suppress(OSError):
-                _layers.umount(self.workdir)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if slot is not None:
@@ -602,6 +632,17 @@ class SandboxExecutor:
             return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
         finally:
             os.rmdir(d)
+
+    def _slot_tmpfs(self, slot: _Slot, size_mb: int) -> None:
+        """Mount (once) or resize the slot's tmpfs; it caps bytes and inodes of the work dir."""
+        if not slot.tmpfs:
+            path = os.path.join(self._base, f"slot{slot.index}")
+            os.makedirs(path, exist_ok=True)
+            _layers.mount_tmpfs(path, size_mb, 0, 0, mode=0o711)
+            slot.tmpfs, slot.tmpfs_mb = path, size_mb
+        elif slot.tmpfs_mb != size_mb:
+            _layers.mount_tmpfs(slot.tmpfs, size_mb, 0, 0, mode=0o711, remount=True)
+            slot.tmpfs_mb = size_mb
 
     def _zygote(self, replace: _Zygote | None = None) -> _Zygote:
         with self._lock:
@@ -752,6 +793,9 @@ class SandboxExecutor:
                 break
             if slot.cg is not None:
                 slot.cg.remove()
+            if slot.tmpfs:
+                with contextlib.suppress(OSError):
+                    _layers.umount(slot.tmpfs)
         self._cgroups.remove()
         shutil.rmtree(self._base, ignore_errors=True)
 

@@ -423,9 +423,10 @@ class CgroupManager:
 # ---------------------------------------------------------------- host side: tmpfs work dir
 
 
-def mount_tmpfs(path: str, size_mb: int, uid: int, gid: int, inodes: int = 4096) -> None:
-    opts = f"size={size_mb}m,nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
-    flags = 0x2 | 0x4 | 0x8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+def mount_tmpfs(path: str, size_mb: int, uid: int, gid: int, inodes: int = 4096, mode: int = 0o700,
+                remount: bool = False) -> None:
+    opts = f"size={size_mb}m,nr_inodes={inodes},mode={mode:o},uid={uid},gid={gid}".encode()
+    flags = 0x2 | 0x4 | 0x8 | (0x20 if remount else 0)  # MS_NOSUID | MS_NODEV | MS_NOEXEC [| MS_REMOUNT]
     _errcheck(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(flags), opts), f"mount tmpfs {path}")
 
 

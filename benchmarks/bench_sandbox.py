@@ -1,0 +1,173 @@
+"""Sandbox cost, side by side in one run: ``python benchmarks/bench_sandbox.py [--n 200]``.
+
+Measures medians of: a trusted in-process pluggy call, a sandboxed
+fork-per-call (all layers available here), a warm-mode sandboxed call,
+``subprocess.run([python, "-I", "-S", "-c", "pass"])`` and a
+``multiprocessing`` Pipe round trip; then the throughput of two concurrent
+callers against one. Prints a table and checks the issue's targets:
+
+- fork-per-call median <= 1/2 of the bare ``python -I -S`` spawn
+- warm-mode median < 0.5 ms
+- two concurrent callers >= 1.7x one caller's throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pluggy
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from karen_hooks import Limits, PluginSettings, PluginSpec, hookimpl, hookspecs  # noqa: E402
+from karen_hooks.sandbox import SandboxExecutor, format_doctor  # noqa: E402
+
+HANDLER = '''
+def run(params, ctx=None):
+    return {"echo": params}
+'''
+CTX = {"user_id": "u", "tenant_id": "t", "roles": [], "intent": "bench.echo", "plugin": "bench"}
+
+
+def median_ms(fn: Callable[[], object], n: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def throughput(fn: Callable[[], object], callers: int, seconds: float) -> float:
+    stop = time.perf_counter() + seconds
+    counts = [0] * callers
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            fn()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def _pipe_echo(conn) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        conn.send(msg)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=3.0, help="duration of each throughput run")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args()
+    n = args.n
+
+    class Trusted:
+        @hookimpl
+        def karen_run(self, intent, params, ctx):  # type: ignore[no-untyped-def]
+            return {"echo": params}
+
+    pm = pluggy.PluginManager("karen")
+    pm.add_hookspecs(hookspecs)
+    pm.register(Trusted())
+
+    plugdir = tempfile.mkdtemp(prefix="karen-bench-")
+    os.chmod(plugdir, 0o755)
+    (Path(plugdir) / "handler.py").write_text(HANDLER)
+    os.chmod(Path(plugdir) / "handler.py", 0o644)
+    spec = PluginSpec(name="bench", kind="directory", target="handler.py", path=plugdir, code_paths=(plugdir,))
+    spec2 = PluginSpec(name="bench2", kind="directory", target="handler.py", path=plugdir, code_paths=(plugdir,))
+    kwargs = {"intent": "bench.echo", "params": {"x": 1}, "ctx": CTX}
+    fork, warm = PluginSettings(), PluginSettings(mode="warm", warm_max_calls=1_000_000)
+    limits = Limits()
+
+    ex = SandboxExecutor()
+    print(format_doctor(ex.layers()))
+    print()
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.Process(target=_pipe_echo, args=(child,), daemon=True)
+    proc.start()
+
+    def pipe_rt() -> None:
+        parent.send({"x": 1})
+        parent.recv()
+
+    rows = {
+        "trusted in-process call": median_ms(lambda: pm.hook.karen_run(intent="bench.echo", params={"x": 1}, ctx=None),
+                                             n * 10),
+        "sandboxed fork-per-call (all layers)": median_ms(
+            lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), n),
+        "sandboxed warm-mode call": median_ms(lambda: ex.call_sync(spec, "karen_run", kwargs, warm, limits), n * 5),
+        'subprocess.run([python, "-I", "-S", "-c", "pass"])': median_ms(
+            lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], check=True), n),
+        "multiprocessing Pipe round trip": median_ms(pipe_rt, n * 10),
+    }
+    parent.send(None)
+    proc.join(5)
+
+    one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 1, args.seconds)
+    two = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 2, args.seconds)
+    specs = [spec, spec2]
+    warm_one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, warm, limits), 1, args.seconds)
+    idx = threading.local()
+    counter = iter(range(1_000_000))
+    pick = threading.Lock()
+
+    def warm_call() -> None:
+        if not hasattr(idx, "spec"):
+            with pick:
+                idx.spec = specs[next(counter) % 2]
+        ex.call_sync(idx.spec, "karen_run", kwargs, warm, limits)
+
+    # two callers of two different warm plugins (a warm worker serves one call at a time)
+    warm_two = throughput(warm_call, 2, args.seconds)
+    ex.close()
+
+    width = max(len(k) for k in rows)
+    print(f"{'path'.ljust(width)}  median ms")
+    for k, v in rows.items():
+        print(f"{k.ljust(width)}  {v:9.4f}")
+    spawn = rows['subprocess.run([python, "-I", "-S", "-c", "pass"])']
+    forkc = rows["sandboxed fork-per-call (all layers)"]
+    warmc = rows["sandboxed warm-mode call"]
+    print()
+    print(f"fork-per-call / bare spawn   = {forkc / spawn:.2f}   (target <= 0.50)")
+    print(f"warm-mode median             = {warmc:.3f} ms (target < 0.5 ms)")
+    print(f"fork-per-call throughput     : 1 caller {one:.1f}/s, 2 callers {two:.1f}/s = {two / one:.2f}x (target >= 1.7x)")
+    print(f"warm-mode throughput         : 1 caller {warm_one:.1f}/s, 2 callers {warm_two:.1f}/s = "
+          f"{warm_two / warm_one:.2f}x")
+    results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "throughput": {
+        "fork_1": one, "fork_2": two, "fork_ratio": two / one, "warm_1": warm_one, "warm_2": warm_two,
+        "warm_ratio": warm_two / warm_one}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    ok = forkc / spawn <= 0.5 and warmc < 0.5 and two / one >= 1.7
+    print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
