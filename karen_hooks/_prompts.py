@@ -33,6 +33,7 @@ What the environment does on top of :class:`jinja2.sandbox.ImmutableSandboxedEnv
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -519,6 +520,12 @@ def build_variables(
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _compile(source: str) -> types.CodeType:
+    """Parse, check and compile a template once; the code is the same for every KarenSandbox."""
+    return KarenSandbox().compile(source)
+
+
 def render_template(
     template: str,
     variables: dict[str, Any],
@@ -540,7 +547,7 @@ def render_template(
         raise TemplateError(f"a prompt template must be a str, got {type(template).__name__}")
     env = KarenSandbox(template_root, max_output)
     try:
-        compiled = env.from_string(template)
+        compiled = env.template_class.from_code(env, _compile(template), env.make_globals(None))
         out: list[str] = []
         size = 0
         for chunk in compiled.generate(dict(variables)):
@@ -630,10 +637,14 @@ def _json_data(value: Any, what: str) -> Any:
         raise TemplateError(f"{what} must be JSON data to be used in a prompt: {exc}") from None
 
 
-def plugin_template_root(info: Any) -> str | None:
-    """Where a plugin's ``{% include %}`` may read from: its package's ``templates/`` dir
-    (entry-point plugins) or the ``templates/`` folder of a directory plugin; else ``None``."""
-    spec = info.spec
+def spec_template_root(spec: Any) -> str | None:
+    """Where a plugin's ``{% include %}`` may read from, given its ``PluginSpec``.
+
+    Entry-point plugins: the ``templates/`` directory of the plugin's package
+    (imports the plugin module, so call it where that is allowed: in-host for
+    trusted plugins, in the sandbox child for untrusted ones). Directory
+    plugins: their ``templates/`` folder. ``None`` when there is none.
+    """
     if spec.kind == "directory":
         folder = os.path.join(spec.path or "", "templates")
         return os.path.realpath(folder) if spec.path and os.path.isdir(folder) else None
@@ -641,6 +652,11 @@ def plugin_template_root(info: Any) -> str | None:
         return package_template_root(spec.target)
     except Exception:  # noqa: BLE001 - no importable package means no includes, not a failure
         return None
+
+
+def plugin_template_root(info: Any) -> str | None:
+    """:func:`spec_template_root` of a ``PluginInfo``."""
+    return spec_template_root(info.spec)
 
 
 def _reraise_template_error(plugin: str, exc: Exception) -> None:
