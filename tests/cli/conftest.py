@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scaffold"))
+from venvtools import plugin_venv  # noqa: E402,F401  (a fixture: a throw-away venv)
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "plugins" / "examples" / "hello"
