@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,15 @@ def test_memory_events_are_counted_by_backend(tmp_path: Path) -> None:
     assert reg.get_sample_value("karen_memory_operations_total", labels) == 1
     get_metrics(reg).memory_event("inmemory", "read_failed")
     assert reg.get_sample_value("karen_memory_operations_total", {"backend": "inmemory", "op": "read", "outcome": "error"}) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_audit_records_name_the_forked_child() -> None:
+    from karen_hooks._audit import AuditRecord
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os._exit(0 if AuditRecord((), {}).process == os.getpid() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert AuditRecord((), {}).process == os.getpid()
