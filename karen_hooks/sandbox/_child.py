@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import signal
+import socket
 import stat
 import sys
 import traceback
@@ -72,6 +73,7 @@ class ZygoteContext:
         self.aliases: dict[str, str] = {}
         self._checked: set[str] = set()
         self.alias_fds: set[int] = set()
+        self.alias_fd: dict[str, int] = {}
         self.rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, dict[str, bool]]] = {}
         self.status: dict[str, list[Any]] = {}
 
@@ -87,6 +89,7 @@ class ZygoteContext:
                 continue
             fd = os.open(p, os.O_PATH | os.O_DIRECTORY)
             self.alias_fds.add(fd)
+            self.alias_fd[p] = fd
             self.aliases[p] = f"/proc/self/fd/{fd}"
 
     def rewrite_imports(self) -> None:
@@ -121,7 +124,17 @@ class ZygoteContext:
         return set(self.alias_fds)
 
 
-def apply_layers(cfg: dict[str, Any], z: ZygoteContext, ruleset: int | None, strict: bool = True) -> dict[str, list[Any]]:
+def enter_session(cgroup_procs: Any) -> None:
+    """A fresh session, and membership of the call's cgroup(s)."""
+    os.setsid()
+    for f in cgroup_procs:
+        with open(f, "w") as fh:
+            fh.write(str(os.getpid()))
+
+
+def apply_layers(
+    cfg: dict[str, Any], z: ZygoteContext, ruleset: int | None, strict: bool = True, entered: bool = False
+) -> dict[str, list[Any]]:
     """Apply every layer to this (already forked) process. Returns per-layer status.
 
     With ``strict``, a layer listed in ``cfg["required"]`` that fails aborts.
@@ -141,11 +154,9 @@ def apply_layers(cfg: dict[str, Any], z: ZygoteContext, ruleset: int | None, str
                 raise
             return None
 
-    os.setsid()
+    if not entered:
+        enter_session(cfg.get("cgroup_procs", ()))
     status["session"] = [True, "setsid"]
-    for f in cfg.get("cgroup_procs", ()):
-        with open(f, "w") as fh:
-            fh.write(str(os.getpid()))
     if "netns" in required and not status.get("netns", [False])[0]:
         raise OSError("network namespace required but the zygote has none")
     os.chdir(cfg["workdir"])
@@ -180,12 +191,53 @@ def _close_all_but(keep: set[int]) -> None:
         lo = fd + 1
 
 
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:
-    """Entry point of a forked child. Never returns."""
+    """Entry point of a child forked for one call. Never returns."""
     try:
-        signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(s, signal.SIG_DFL)
+        _reset_signals()
+        enter_session(cfg.get("cgroup_procs", ()))
+    except BaseException:
+        os._exit(70)
+    _activate(cfg, fds, z, ruleset)
+
+
+def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext) -> None:
+    """A child forked ahead of time for one slot: joins its cgroup, then waits for a call.
+
+    Forking, the new session and the (slow, cgroup v1) cgroup migration happen
+    before the call arrives, off the call's critical path.
+    """
+    try:
+        _reset_signals()
+        enter_session(cgroup_procs)
+        # keep 0..9 occupied so descriptors received below land at 10+
+        _close_all_but({sock.fileno(), *range(10)} | z.keep_fds())
+        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 64)
+        if not data:
+            os._exit(0)
+        msg = json.loads(data.decode())
+        sock.close()
+        cfg = msg["cfg"]
+        has_ruleset = bool(msg.get("ruleset"))
+        base = fds[:3]
+        ruleset = fds[3] if has_ruleset else None
+        for path, fd in zip(msg.get("aliases", []), fds[3 + has_ruleset :], strict=True):
+            z.aliases[path] = f"/proc/self/fd/{fd}"
+            z.alias_fd[path] = fd
+            z.alias_fds.add(fd)
+    except BaseException:
+        os._exit(71)
+    _activate(cfg, base, z, ruleset)
+
+
+def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:
+    try:
         proto, out, err = fds
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
@@ -195,7 +247,7 @@ def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: i
         keep = {0, 1, 2, PROTO_FD} | z.keep_fds() | ({ruleset} if ruleset is not None else set())
         _close_all_but(keep)
         os.set_inheritable(PROTO_FD, False)
-        apply_layers(cfg, z, ruleset, strict=True)
+        apply_layers(cfg, z, ruleset, strict=True, entered=True)
     except BaseException as exc:
         try:
             write_frame(PROTO_FD, {"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
@@ -206,6 +258,7 @@ def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: i
     aliases = z.aliases
     cfg["_aliases"] = aliases
     sys.path[:] = [_rewrite(p, aliases) for p in list(cfg.get("code_paths", ())) + sys.path]
+    sys.dont_write_bytecode = True
     code = 0
     try:
         _serve(cfg, aliases)

@@ -76,6 +76,7 @@ class _Zygote:
         self.pid = self.proc.pid
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
+        self.standby: dict[int, int] = {}  # slot -> pid of its pre-forked child
         self._cond = threading.Condition()
         self.alive = True
         parent.settimeout(30)
@@ -102,6 +103,9 @@ class _Zygote:
                 msg = json.loads(data.decode())
             except ValueError:
                 continue
+            if msg.get("op") == "prepared":
+                self.standby[int(msg.get("slot", -1))] = int(msg.get("pid", 0))
+                continue
             with self._cond:
                 rec = self._pending.get(str(msg.get("id")))
                 if rec is not None:
@@ -113,10 +117,17 @@ class _Zygote:
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
 
-    def spawn(self, call_id: str, cfg: dict[str, Any], fds: list[int]) -> None:
+    def prepare(self, slot: _Slot) -> None:
+        """Ask for a standby child for ``slot`` (forked and placed in its cgroup ahead of time)."""
+        procs = slot.cg.procs_files if slot.cg is not None else []
+        with contextlib.suppress(OSError), self._send_lock:
+            self.ctrl.send(json.dumps({"op": "prepare", "slot": slot.index, "cgroup_procs": procs}).encode())
+
+    def spawn(self, call_id: str, slot: int, cfg: dict[str, Any], fds: list[int]) -> None:
         with self._cond:
             self._pending[call_id] = {}
-        data = json.dumps({"op": "spawn", "id": call_id, "cfg": cfg}).encode()
+        self.standby.pop(slot, None)
+        data = json.dumps({"op": "spawn", "id": call_id, "slot": slot, "cfg": cfg}).encode()
         with self._send_lock:
             socket.send_fds(self.ctrl, [data], fds)
 
@@ -506,10 +517,10 @@ class _Worker:
         try:
             self.zyg = ex._zygote()
             try:
-                self.zyg.spawn(self.id, cfg, [cs.fileno(), out_w, err_w])
+                self.zyg.spawn(self.id, self.slot.index, cfg, [cs.fileno(), out_w, err_w])
             except OSError:
                 self.zyg = ex._zygote(replace=self.zyg)
-                self.zyg.spawn(self.id, cfg, [cs.fileno(), out_w, err_w])
+                self.zyg.spawn(self.id, self.slot.index, cfg, [cs.fileno(), out_w, err_w])
         finally:
             cs.close()
             os.close(out_w)
@@ -658,6 +669,8 @@ class SandboxExecutor:
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {}}
                 z = self._zyg = _Zygote(probe)
                 self._set_layers(z.layers)
+                for slot in list(self._slots.queue):
+                    z.prepare(slot)
             return z
 
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
@@ -694,6 +707,9 @@ class SandboxExecutor:
                 raise SandboxError("<sandbox>", f"no free sandbox slot within {timeout:g} s") from None
 
     def _release_slot(self, slot: _Slot) -> None:
+        z = self._zyg
+        if z is not None and z.alive and not self._closed:
+            z.prepare(slot)
         self._slots.put(slot)
 
     # -- the Executor protocol ----------------------------------------------
