@@ -170,7 +170,7 @@ def audit_call(
         "sandbox_mode": sandbox_mode,
         "limit": limit,
         "error": error,
-        "requested": requested[:128],
+        "requested": str(requested)[:128],
     }
     if include_params:
         extra["params"] = params

@@ -13,6 +13,7 @@ User ids, tenants and params are never labels.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from bisect import bisect_left
@@ -24,6 +25,18 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from ._errors import (
+    AccessDenied,
+    AmbiguousIntent,
+    InvalidParams,
+    InvalidUserContext,
+    LimitExceeded,
+    PluginNotFound,
+    PluginTimeout,
+)
+
+log = logging.getLogger("karen_hooks.metrics")
 
 UNKNOWN = "_unknown"
 OTHER = "_other"
@@ -326,17 +339,6 @@ def memory_op(backend: str, op: str, ok: bool = True, registry: CollectorRegistr
 
 def classify(exc: BaseException) -> str:
     """The ``outcome`` label of a failed call."""
-    # imported here: _errors is light, but keeping this module's import graph flat avoids cycles
-    from ._errors import (
-        AccessDenied,
-        AmbiguousIntent,
-        InvalidParams,
-        InvalidUserContext,
-        LimitExceeded,
-        PluginNotFound,
-        PluginTimeout,
-    )
-
     if isinstance(exc, AccessDenied):
         return "denied"
     if isinstance(exc, (InvalidParams, InvalidUserContext, AmbiguousIntent)):
@@ -371,7 +373,10 @@ class CallObserver:
     def _lookup(self, name: str, intent: str | None) -> tuple[Any, str | None, CallSeries, str | None]:
         """``(info, intent name, series, sandbox mode)``; info is ``None`` when the name resolves to nothing."""
         router = self.manager.router
-        hit = self._resolved.get((name, intent))
+        try:
+            hit = self._resolved.get((name, intent))
+        except TypeError:  # an unhashable name: the call itself will say what is wrong
+            return None, None, self.metrics.unknown_series(), None
         if hit is not None and router._plugins.get(hit[0].name) is hit[0]:
             return hit
         try:
@@ -387,18 +392,25 @@ class CallObserver:
 
     async def observe(self, call: Any, name: str, params: Any, user_ctx: Any, intent: str | None) -> Any:
         """Await ``call`` (the run_plugin coroutine) and record what happened."""
-        info, it_name, series, mode = self._lookup(name, intent)
-        span = self._start_span(name) if self._start_span is not None else None
-        trace = self.manager.settings.trace_plugins and info is not None and info.sandboxed
-        if trace:
-            self._trace_line(f"{info.name}.karen_run(intent={it_name!r}) [sandbox {mode}]")
-        series.start()
+        try:
+            info, it_name, series, mode = self._lookup(name, intent)
+            span = self._start_span(name) if self._start_span is not None else None
+            trace = self.manager.settings.trace_plugins and info is not None and info.sandboxed
+            if trace:
+                self._trace_line(f"{info.name}.karen_run(intent={it_name!r}) [sandbox {mode}]")
+            series.start()
+        except Exception:  # noqa: BLE001 - observing must never stop a call
+            log.exception("karen-hooks could not observe this call; it runs unobserved")
+            return await call
         t0 = perf_counter()
         try:
             result = await call
         except BaseException as exc:
             dt = perf_counter() - t0
-            self._failed(exc, dt, info, it_name, series, mode, name, params, user_ctx, span, trace)
+            try:
+                self._failed(exc, dt, info, it_name, series, mode, name, params, user_ctx, span, trace)
+            except Exception:  # noqa: BLE001 - never replace the call's own exception
+                log.exception("karen-hooks could not record a failed call")
             raise
         dt = perf_counter() - t0
         series.finish("ok", dt)
@@ -447,7 +459,7 @@ class CallObserver:
             span.end(plugin, it_name, outcome, exc)
         if trace:
             self._trace_line(f"{plugin}.karen_run raised {type(exc).__name__} in {dt * 1000.0:.3f} ms [sandbox]")
-        self._audit(
+        self._audit(  # errors here would replace the call's own exception: the inputs are guarded
             user_ctx=user_ctx,
             plugin=plugin,
             intent=it_name,

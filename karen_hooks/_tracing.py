@@ -134,7 +134,7 @@ def start_span(requested: str) -> Span | None:
     if _tracer is None:
         _tracer = _otel_trace.get_tracer("karen_hooks")  # a proxy: follows a provider set later
     span = _tracer.start_span(
-        "karen.run_plugin", attributes={"karen.requested": requested[:128]}
+        "karen.run_plugin", attributes={"karen.requested": str(requested)[:128]}
     )
     token = _otel_context.attach(_otel_trace.set_span_in_context(span))
     return Span(span, token)

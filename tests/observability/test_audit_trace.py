@@ -229,3 +229,22 @@ def test_audit_records_name_the_forked_child() -> None:
     _, status = os.waitpid(pid, 0)
     assert status == 0
     assert AuditRecord((), {}).process == os.getpid()
+
+
+@pytest.mark.parametrize("bad", [None, ["not", "hashable"], 3])
+def test_observing_never_changes_the_error_of_a_bad_call(tmp_path: Path, audit_stream: io.StringIO, bad: Any) -> None:
+    write_plugins(tmp_path)
+    reg = CollectorRegistry()
+    on = make_manager(tmp_path, reg)
+    off = type(on)(on.router, memory=False, observe=False)
+    errors = []
+    for mgr in (off, on):
+        with pytest.raises(Exception) as info:
+            asyncio.run(mgr.run_plugin(bad, {}, USER))
+        errors.append(type(info.value))
+    assert errors[0] is errors[1]
+    assert len(_records(audit_stream)) == 1
+    assert sum(
+        reg.get_sample_value("karen_plugin_calls_total", {"plugin": "_unknown", "intent": "_unknown", "outcome": o}) or 0
+        for o in _metrics.OUTCOMES
+    ) == 1
