@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import inspect
 import json
 import subprocess
@@ -144,15 +145,23 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return _pip(flags, f"uninstalling {', '.join(args.packages)} from {sys.prefix}")
 
 
+def _jsonable(item: Any) -> Any:
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.asdict(item)
+    if hasattr(item, "model_dump"):
+        return item.model_dump(mode="json")
+    return item
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         from .sandbox import doctor, format_doctor
     except ImportError as exc:
         raise CliError(f"the process sandbox is not available in this karen-hooks installation ({exc})") from None
-    report = doctor()
+    statuses = doctor()
+    missing = [s.name for s in statuses if not getattr(s, "active", True)]
     if args.json:
-        print_json(report.model_dump(mode="json") if hasattr(report, "model_dump") else report)
+        print_json({"layers": [_jsonable(s) for s in statuses], "missing": missing})
     else:
-        print(format_doctor(report))
-    ok = report.get("ok") if isinstance(report, dict) else getattr(report, "ok", True)
-    return 0 if ok is not False else 1
+        print(format_doctor(statuses))
+    return 1 if missing else 0

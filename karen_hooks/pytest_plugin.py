@@ -51,22 +51,22 @@ class KarenHost:
     """A test host: ``router``, ``manager``, ``settings`` and synchronous helpers."""
 
     def __init__(
-        self, plugins: list[str], sandbox: bool = False, plugin_dir: str | Path | None = None, **settings: Any
+        self, names: list[str], sandbox: bool = False, plugin_dir: str | Path | None = None, **settings: Any
     ) -> None:
-        if not plugins:
+        if not names:
             raise ValueError("name at least one plugin for the test host to load")
         overrides: dict[str, Any] = {
-            "load_plugins": list(plugins),
+            "load_plugins": list(names),
             "plugin_dir": str(plugin_dir) if plugin_dir is not None else None,
             "memory_url": "memory://",
             "strict": True,
-            "trusted_plugins": [] if sandbox else list(plugins),
+            "trusted_plugins": [] if sandbox else list(names),
         }
         overrides.update(settings)
         self.sandbox = sandbox
         self.settings = load_settings(environ={}, **overrides)
         self.router = PluginRouter(self.settings)
-        missing = [n for n in plugins if n not in {p.name for p in self.router.list_plugins()}]
+        missing = [n for n in names if n not in {p.name for p in self.router.list_plugins()}]
         if missing:
             self.close()
             raise LookupError(

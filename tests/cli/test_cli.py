@@ -197,6 +197,18 @@ def test_sandbox_doctor_guarded(capsys: pytest.CaptureFixture[str], monkeypatch:
     assert code == 1 and err.startswith("error: the process sandbox is not available")
 
 
+def test_sandbox_doctor(capsys: pytest.CaptureFixture[str]) -> None:
+    from karen_hooks.sandbox import doctor
+
+    missing = [s.name for s in doctor() if not s.active]
+    code, out, _ = run_cli(capsys, "sandbox", "doctor", "--json")
+    data = json.loads(out)
+    assert code == (1 if missing else 0) and data["missing"] == missing
+    assert {"name", "active", "detail"} <= set(data["layers"][0])
+    code, out, _ = run_cli(capsys, "sandbox", "doctor")
+    assert out.splitlines()[0].split()[:2] == ["layer", "state"]
+
+
 def test_install_runs_pip_in_this_environment(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
 
