@@ -244,3 +244,15 @@ def test_console_script(plugin_dir: Path) -> None:
     assert json.loads(proc.stdout)["result"] == {"message": "Hello, Sub!"}
     proc = subprocess.run([*cmd, "run", "nope"], capture_output=True, text=True, env=os.environ.copy(), timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("error: no plugin or intent named 'nope'")
+
+
+def test_progress_on_a_terminal(plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from karen_hooks import _cli_common
+
+    monkeypatch.setattr(_cli_common, "progress_enabled", lambda: True)
+    code, out, err = run_cli(capsys, "plugins", "check")
+    assert code == 0 and out.startswith("ok: 3 plugin(s) loaded")
+    assert "[1/3] loading time-query (karen-plugin-time-query)" in err and "[3/3] loading hello" in err
+    monkeypatch.setattr(_cli_run.subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 0))
+    code, _, err = run_cli(capsys, "install", "x-pkg")
+    assert code == 0 and err.startswith("installing x-pkg into ")
