@@ -68,6 +68,21 @@ def ensure_json(plugin: str, result: Any) -> Any:
     return result
 
 
+class _LazyMemory:
+    """``ctx.memory`` that opens the tenant's handle on first use, so calls that never touch memory pay nothing."""
+
+    __slots__ = ("_factory", "_handle")
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._handle: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._handle is None:
+            self._handle = self._factory()
+        return getattr(self._handle, name)
+
+
 class PluginManager:
     """Runs plugins: validates the caller, checks roles and params, then calls in-host or in the sandbox."""
 
@@ -110,6 +125,8 @@ class PluginManager:
 
     async def _remember(self, run: RunResult, user: UserContext, params: Any) -> None:
         """Persist a successful run; a failure is logged and counted by the memory and added to ``run.warnings``."""
+        if not (self.settings.remember_runs and self.settings.plugin(run.plugin).remember):
+            return  # opted out: no thread hop, no memory opened
         try:
             memory = self.memory
         except KarenError as exc:
@@ -156,8 +173,14 @@ class PluginManager:
     ) -> RunResult:
         user, info, it, validated = self._prepare(name, params, user_ctx, intent)
         ctx = self._context(user, info, it)
-        ctx.memory = self._memory_handle(user, info.name)
         caller = self.router._hook_caller(info.name)
+        if self._memory is not False:  # memory=False: plugins see ctx.memory is None
+            # in-host calls open the handle only if the plugin touches it; the sandbox gets it as its bridge
+            ctx.memory = (
+                _LazyMemory(lambda: self._memory_handle(user, info.name))
+                if caller is not None
+                else self._memory_handle(user, info.name)
+            )
         if caller is not None:
             result, out, err = await self._run_in_host(info, caller, it, validated, ctx)
         else:
