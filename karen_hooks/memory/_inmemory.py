@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
-from ._records import MemoryRecord, tokenize
+from ._records import MemoryRecord, tokenize, words
 
 
 class InMemoryBackend(MemoryBackend):
@@ -28,7 +28,7 @@ class InMemoryBackend(MemoryBackend):
             rows = self._tenants.setdefault(tenant_id, {})
             for r in records:
                 self._seq += 1
-                rows[r.id] = (self._seq, r, [w for w in _words(r.query)])
+                rows[r.id] = (self._seq, r, words(r.query))
 
     def read(
         self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
@@ -83,9 +83,3 @@ class InMemoryBackend(MemoryBackend):
                     gone += 1
         return gone
 
-
-def _words(text: str) -> list[str]:
-    # every word, repeats kept (term frequency), unlike tokenize()
-    from ._records import _WORD
-
-    return [m.group(0).lower() for m in _WORD.finditer(text)]

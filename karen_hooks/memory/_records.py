@@ -44,6 +44,11 @@ def tokenize(text: str) -> list[str]:
     return list(seen)
 
 
+def words(text: str) -> list[str]:
+    """Every word of stored text, lower-cased, repeats kept (term frequency), over-long words dropped."""
+    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if len(w) <= MAX_TOKEN_LENGTH]
+
+
 def clean_text(text: str) -> str:
     """Query text as stored: control characters (NUL included) removed, length bounded."""
     if not isinstance(text, str):

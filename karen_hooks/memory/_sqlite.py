@@ -3,8 +3,11 @@
 Safe under many threads (one connection per thread) and several processes on
 one machine (WAL, ``BEGIN IMMEDIATE`` writes, a busy timeout).
 
-Ranking: FTS5 ``bm25()`` over the record's query text (lower is better),
-then ``created_at`` descending, then insertion order descending.
+Ranking: FTS5 ``bm25()`` over the words of the record's query text (lower is
+better), then ``created_at`` descending, then insertion order descending.
+Words are indexed with a per-tenant and a per-user prefix (see
+:func:`scope_keys`), so a search walks only its own scope's postings and the
+term statistics bm25 uses are per tenant or per user.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
-from ._records import MemoryRecord, tokenize
+from ._records import MemoryRecord, tokenize, words
 
 SCHEMA_VERSION = 1
 
@@ -29,7 +32,6 @@ CREATE TABLE IF NOT EXISTS memories (
     pk INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     tenant_id TEXT NOT NULL,
-    tenant_key TEXT NOT NULL,
     user_id TEXT NOT NULL,
     query TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -41,33 +43,48 @@ CREATE INDEX IF NOT EXISTS memories_tenant_user_created ON memories (tenant_id, 
 CREATE INDEX IF NOT EXISTS memories_tenant_created ON memories (tenant_id, created_at);
 CREATE INDEX IF NOT EXISTS memories_expires ON memories (expires_at) WHERE expires_at IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
-    tenant_key, query, content='memories', content_rowid='pk', tokenize='unicode61 remove_diacritics 2'
+    tenant_terms, user_terms, content='', tokenize='unicode61 remove_diacritics 2'
 );
-CREATE TRIGGER IF NOT EXISTS memories_fts_insert AFTER INSERT ON memories BEGIN
-    INSERT INTO memories_fts (rowid, tenant_key, query) VALUES (new.pk, new.tenant_key, new.query);
-END;
-CREATE TRIGGER IF NOT EXISTS memories_fts_delete AFTER DELETE ON memories BEGIN
-    INSERT INTO memories_fts (memories_fts, rowid, tenant_key, query)
-    VALUES ('delete', old.pk, old.tenant_key, old.query);
-END;
 """
 
 _COLUMNS = "m.id, m.tenant_id, m.user_id, m.query, m.payload, m.plugin, m.created_at, m.expires_at"
 
 
-def tenant_key(tenant_id: str) -> str:
-    """One FTS token standing for a tenant, so a search only walks that tenant's postings.
+def _key(*parts: str) -> str:
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()
 
-    A hash collision could only widen the candidate set: every query also
-    filters on the exact ``tenant_id`` column.
+
+def scope_keys(tenant_id: str, user_id: str | None) -> tuple[str, str | None]:
+    """The prefixes that make a word's index entry private to a tenant, and to one user of it.
+
+    Each stored word is indexed twice, as ``<tenant key><word>`` and
+    ``<tenant+user key><word>``, so a search only walks postings of its own
+    tenant (or user) and term statistics are per tenant. A hash collision
+    could only widen the candidate set: every query also filters on the exact
+    ``tenant_id`` (and ``user_id``) columns.
     """
-    return "t" + hashlib.sha256(tenant_id.encode("utf-8")).hexdigest()[:24]
+    return "t" + _key(tenant_id), None if user_id is None else "u" + _key(tenant_id, user_id)
 
 
-def fts_match(tenant_id: str, words: list[str]) -> str:
-    """The FTS5 MATCH expression: the tenant token AND any of the (quoted) words."""
-    quoted = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-    return f'tenant_key : "{tenant_key(tenant_id)}" AND query : ({quoted})'
+def index_terms(record: MemoryRecord) -> tuple[str, str]:
+    """The two FTS column values of a record (deterministic: also used to un-index it)."""
+    tk, uk = scope_keys(record.tenant_id, record.user_id)
+    ws = words(record.query)
+    return " ".join(tk + w for w in ws), " ".join(f"{uk}{w}" for w in ws)
+
+
+def fts_match(tenant_id: str, user_id: str | None, query_words: list[str]) -> str:
+    """The FTS5 MATCH expression: any of the (quoted, scope-prefixed) words in the scope's column."""
+    tk, uk = scope_keys(tenant_id, user_id)
+    column, key = ("tenant_terms", tk) if uk is None else ("user_terms", uk)
+    quoted = " OR ".join('"' + (key + w).replace('"', '""') + '"' for w in query_words)
+    return f"{column} : ({quoted})"
+
+
+_INSERT = ("INSERT INTO memories (id, tenant_id, user_id, query, payload, plugin, created_at, expires_at)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_INDEX = "INSERT INTO memories_fts (rowid, tenant_terms, user_terms) SELECT pk, ?, ? FROM memories WHERE id = ?"
+_UNINDEX = "INSERT INTO memories_fts (memories_fts, rowid, tenant_terms, user_terms) VALUES ('delete', ?, ?, ?)"
 
 
 class SQLiteBackend(MemoryBackend):
@@ -129,17 +146,14 @@ class SQLiteBackend(MemoryBackend):
         if not records:
             return
         rows = [
-            (r.id, r.tenant_id, tenant_key(r.tenant_id), r.user_id, r.query, r.payload_json(), r.plugin,
-             r.created_at, r.expires_at)
+            (r.id, r.tenant_id, r.user_id, r.query, r.payload_json(), r.plugin, r.created_at, r.expires_at)
             for r in records
         ]
+        terms = [(*index_terms(r), r.id) for r in records]
         try:
             with self._tx() as conn:
-                conn.executemany(
-                    "INSERT INTO memories (id, tenant_id, tenant_key, user_id, query, payload, plugin, created_at,"
-                    " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                conn.executemany(_INSERT, rows)
+                conn.executemany(_INDEX, terms)
         except sqlite3.Error as exc:
             raise MemoryBackendError(f"SQLite memory write failed: {exc}") from exc
 
@@ -147,17 +161,17 @@ class SQLiteBackend(MemoryBackend):
         self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
     ) -> list[MemoryRecord]:
         limit = check_limit(limit)
-        words = tokenize(query)
+        query_words = tokenize(query)
         user_sql = " AND m.user_id = ?" if user_id is not None else ""
         user_args: tuple[Any, ...] = (user_id,) if user_id is not None else ()
-        if words:
+        if query_words:
             sql = (
                 f"SELECT {_COLUMNS} FROM memories_fts JOIN memories m ON m.pk = memories_fts.rowid"
                 f" WHERE memories_fts MATCH ? AND m.tenant_id = ?{user_sql}"
                 " AND (m.expires_at IS NULL OR m.expires_at > ?)"
-                " ORDER BY bm25(memories_fts, 0.0, 1.0), m.created_at DESC, m.pk DESC LIMIT ?"
+                " ORDER BY bm25(memories_fts), m.created_at DESC, m.pk DESC LIMIT ?"
             )
-            args: tuple[Any, ...] = (fts_match(tenant_id, words), tenant_id, *user_args, now, limit)
+            args: tuple[Any, ...] = (fts_match(tenant_id, user_id, query_words), tenant_id, *user_args, now, limit)
         else:
             sql = (
                 f"SELECT {_COLUMNS} FROM memories m WHERE m.tenant_id = ?{user_sql}"
@@ -170,25 +184,31 @@ class SQLiteBackend(MemoryBackend):
         return self.read(tenant_id, "", user_id=user_id, limit=limit, now=now)
 
     def delete(self, tenant_id: str, record_id: str, *, user_id: str | None = None) -> bool:
-        sql = "DELETE FROM memories WHERE id = ? AND tenant_id = ?"
+        where = "id = ? AND tenant_id = ?"
         args: tuple[Any, ...] = (record_id, tenant_id)
         if user_id is not None:
-            sql += " AND user_id = ?"
+            where += " AND user_id = ?"
             args += (user_id,)
-        try:
-            with self._tx() as conn:
-                return conn.execute(sql, args).rowcount > 0
-        except sqlite3.Error as exc:
-            raise MemoryBackendError(f"SQLite memory delete failed: {exc}") from exc
+        return self._delete("delete", where, args) > 0
 
     def purge_expired(self, now: float) -> int:
+        return self._delete("purge", "expires_at IS NOT NULL AND expires_at <= ?", (now,))
+
+    def _delete(self, what: str, where: str, args: tuple[Any, ...]) -> int:
         try:
             with self._tx() as conn:
-                return conn.execute(
-                    "DELETE FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
-                ).rowcount
+                found = conn.execute(
+                    f"SELECT pk, id, tenant_id, user_id, query FROM memories WHERE {where}", args
+                ).fetchall()
+                unindex = []
+                for pk, rid, tenant, user, query in found:
+                    rec = MemoryRecord(id=rid, tenant_id=tenant, user_id=user, query=query, payload=None)
+                    unindex.append((pk, *index_terms(rec)))
+                conn.executemany(_UNINDEX, unindex)
+                conn.executemany("DELETE FROM memories WHERE pk = ?", [(u[0],) for u in unindex])
+                return len(found)
         except sqlite3.Error as exc:
-            raise MemoryBackendError(f"SQLite memory purge failed: {exc}") from exc
+            raise MemoryBackendError(f"SQLite memory {what} failed: {exc}") from exc
 
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[MemoryRecord]:
         try:

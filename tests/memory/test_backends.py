@@ -86,3 +86,22 @@ def test_postgres_bad_dsn_and_table_name() -> None:
     with pytest.raises(MemoryBackendError) as info:
         PostgresBackend("postgresql://nobody:s3cretpw@127.0.0.1:1/none", timeout=1)
     assert "s3cretpw" not in str(info.value)
+
+
+def test_sqlite_delete_and_purge_remove_index_entries(tmp_path: Path) -> None:
+    from karen_hooks.memory._sqlite import fts_match
+
+    b = SQLiteBackend(tmp_path / "m.db")
+    keep = MemoryRecord.create("t", "u", "zebra crossing", 1, now=100.0)
+    gone = MemoryRecord.create("t", "u", "zebra stripes zebra", 2, now=100.0)
+    short = MemoryRecord.create("t", "u", "zebra ttl", 3, ttl_seconds=1, now=100.0)
+    b.write_many("t", [keep, gone, short])
+    assert b.delete("t", gone.id) is True
+    assert b.purge_expired(1000.0) == 1
+    conn = b._conn()
+    for user in ("u", None):
+        hits = conn.execute("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?",
+                            (fts_match("t", user, ["zebra"]),)).fetchall()
+        assert len(hits) == 1  # only `keep` is still indexed, in both scopes
+    conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('integrity-check', 0)")
+    b.close()
