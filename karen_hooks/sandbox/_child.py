@@ -311,6 +311,8 @@ class _Plugin:
         spec = cfg["spec"]
         self.kind = spec["kind"]
         self.name = spec["name"]
+        self.target = str(spec.get("target") or "")
+        self.path = _rewrite(spec["path"], aliases) if spec.get("path") else None
         self.pm: Any = None
         self.module: Any = None
         if self.kind == "directory":
@@ -396,9 +398,14 @@ class _Plugin:
                 return None
             if not isinstance(template, str):
                 raise TypeError(f"karen_render_prompt must return a str, got {type(template).__name__}")
-            from karen_hooks._prompts import render_template
+            from karen_hooks import _prompts
 
-            return render_template(template, kwargs.get("variables") or {}, template_root=root)
+            finder = getattr(_prompts, "spec_template_root", None)
+            if finder is not None:
+                from karen_hooks._models import PluginSpec
+
+                root = finder(PluginSpec(name=self.name, kind=self.kind, target=self.target, path=self.path))
+            return _prompts.render_template(template, kwargs.get("variables") or {}, template_root=root)
         if hook == "karen_ui_component":
             if self.pm is None:
                 fn = getattr(self.module, "ui_component", None)

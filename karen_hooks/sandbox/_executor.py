@@ -676,8 +676,15 @@ class SandboxExecutor:
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
         statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)
         self._layer_status = statuses
-        child_layers = {"netns", "landlock", "rlimits", "uid", "no_new_privs", "seccomp"}
-        self._required = [s.name for s in statuses if s.active and s.name in child_layers]
+        # every child-side layer that worked in the probe is demanded of every call's child:
+        # if one cannot be applied later, the call fails instead of running with less isolation
+        active = {s.name for s in statuses if s.active}
+        required = [n for n in ("netns", "rlimits", "uid", "seccomp") if n in active]
+        if "landlock_fs" in active:
+            required.append("landlock")
+        if child.get("no_new_privs", [False])[0]:
+            required.append("no_new_privs")
+        self._required = required
         if not self._reported:
             self._reported = True
             for s in statuses:

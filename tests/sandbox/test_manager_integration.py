@@ -103,3 +103,9 @@ def test_memory_over_the_protocol_is_tenant_scoped(executor):
     assert [r["payload"] for r in b["read"]["value"]] == [{"v": "blue"}]
     assert all(r.get("tenant_id", "globex") == "globex" for r in b["read"]["value"])
     assert len(mem.read({"user_id": "u1", "tenant_id": "acme"}, "fav color", limit=10)) == 1
+
+
+def test_manifest_prompt_renders_in_the_sandbox(manager):
+    pytest.importorskip("karen_hooks._prompts")
+    text = asyncio.run(manager.render_prompt("hostile", {"action": "x"}, USER))
+    assert text == "act=x user=u1"

@@ -1,0 +1,51 @@
+"""`karen sandbox doctor`: every layer is reported, a missing one loudly."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from karen_hooks.sandbox import LayerStatus, SandboxExecutor, SandboxLayerWarning, doctor, format_doctor, report_layers
+from karen_hooks.sandbox._doctor import LAYERS
+
+
+def test_doctor_reports_every_layer():
+    statuses = doctor()
+    assert [s.name for s in statuses] == list(LAYERS)
+    table = format_doctor(statuses)
+    for s in statuses:
+        assert s.name in table
+    assert ("all layers active" in table) == all(s.active for s in statuses)
+
+
+def test_format_doctor_flags_missing_layers():
+    table = format_doctor([LayerStatus("seccomp", False, "pyseccomp unavailable"), LayerStatus("uid", True, "x")])
+    assert "MISSING" in table and "WARNING: 1 layer(s) missing: seccomp" in table
+
+
+def test_missing_layer_warns_loudly_at_startup(caplog):
+    ex = SandboxExecutor(slots=1)
+    try:
+        fake = {"session": [True, ""], "rlimits": [True, ""], "uid": [True, ""], "netns": [True, ""],
+                "seccomp": [False, "pyseccomp unavailable (test)"], "subreaper": [True, ""]}
+        with caplog.at_level(logging.WARNING, logger="karen_hooks.sandbox"), pytest.warns(SandboxLayerWarning) as rec:
+            ex._set_layers(fake)
+        assert any("seccomp" in str(w.message) for w in rec)
+        assert any("seccomp" in r.getMessage() and "MISSING" in r.getMessage() for r in caplog.records)
+        assert "seccomp" not in ex._required  # a missing layer is reported, not demanded of every child
+    finally:
+        ex.close()
+
+
+def test_report_layers_logs_missing(caplog):
+    with caplog.at_level(logging.WARNING, logger="karen_hooks.sandbox"):
+        report_layers(statuses=[LayerStatus("netns", False, "no CAP_SYS_ADMIN")])
+    assert "netns is MISSING" in caplog.text
+
+
+def test_required_layers_fail_closed(executor, layers):
+    """A layer reported active is demanded of every child: if it cannot be applied, the call fails."""
+    if not layers["landlock_fs"].active:
+        pytest.skip(f"Landlock unavailable: {layers['landlock_fs'].detail}")
+    assert "landlock" in executor._required and "seccomp" in executor._required
