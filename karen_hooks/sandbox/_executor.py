@@ -679,7 +679,7 @@ class SandboxExecutor:
         # every child-side layer that worked in the probe is demanded of every call's child:
         # if one cannot be applied later, the call fails instead of running with less isolation
         active = {s.name for s in statuses if s.active}
-        required = [n for n in ("netns", "rlimits", "uid", "seccomp") if n in active]
+        required: list[str] = [n for n in ("netns", "rlimits", "uid", "seccomp") if n in active]
         if "landlock_fs" in active:
             required.append("landlock")
         if child.get("no_new_privs", [False])[0]:
