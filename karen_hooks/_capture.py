@@ -12,7 +12,7 @@ import io
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 _buffers: ContextVar[tuple[io.StringIO, io.StringIO] | None] = ContextVar("karen_capture", default=None)
@@ -56,13 +56,22 @@ def install() -> None:
         sys.stderr = _ContextStream(sys.stderr, 1)
 
 
+def start() -> tuple[tuple[io.StringIO, io.StringIO], Token[Any]]:
+    """Begin capturing this context's prints; pass the token to :func:`stop`."""
+    install()  # every time: something (pytest, a host app) may have swapped the streams since
+    bufs = (io.StringIO(), io.StringIO())
+    return bufs, _buffers.set(bufs)
+
+
+def stop(token: Token[Any]) -> None:
+    _buffers.reset(token)
+
+
 @contextmanager
 def capture() -> Iterator[tuple[io.StringIO, io.StringIO]]:
     """Capture this context's prints into two fresh buffers for the duration of the block."""
-    install()
-    bufs = (io.StringIO(), io.StringIO())
-    token = _buffers.set(bufs)
+    bufs, token = start()
     try:
         yield bufs
     finally:
-        _buffers.reset(token)
+        stop(token)

@@ -11,16 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ._capture import capture
+from ._capture import start as capture_start
+from ._capture import stop as capture_stop
 from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+from ._metrics import CallObserver, get_metrics
 from ._models import Intent, PluginContext, PluginInfo, UserContext
 from ._params import params_to_json, validate_params
 from ._prompts import render_plugin_prompt
 from ._rbac import check_access
 from ._router import PluginRouter
 from ._ui import UIComponentResult, ui_component_for
-from ._metrics import CallObserver, get_metrics
 from .memory import MemoryManager, TenantMemory, UnavailableMemory
 
 log = logging.getLogger("karen_hooks.manager")
@@ -57,12 +58,17 @@ class RunResult(tuple):  # type: ignore[type-arg]
         return str(self[2])
 
 
+_SCALARS = (str, int, bool)  # float is not here: NaN and infinities are not JSON
+
+
 def ensure_json(plugin: str, result: Any) -> Any:
     """Results must be JSON data; pydantic models are dumped, anything else is refused."""
+    if result is None or type(result) in _SCALARS:
+        return result
     if isinstance(result, BaseModel):
         return result.model_dump(mode="json")
     try:
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidResult(plugin, f"returned a result that is not JSON-serialisable ({exc}); return dicts, lists, str, int, float, bool or None") from None
     return result
@@ -212,17 +218,19 @@ class PluginManager:
     async def _run_in_host(
         self, info: PluginInfo, caller: Any, it: Intent, params: Any, ctx: PluginContext
     ) -> tuple[Any, str, str]:
-        with capture() as (out, err):
-            try:
-                result = caller.hook.karen_run(intent=it.name, params=params, ctx=ctx)
-                if inspect.isawaitable(result):
-                    result = await result
-            except (KarenError, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
-                raise PluginError(
-                    info.name, f"{type(exc).__name__}: {exc}", traceback.format_exc(), err.getvalue()
-                ) from exc
+        (out, err), token = capture_start()  # not a `with`: this is the hot path
+        try:
+            result = caller.hook.karen_run(intent=it.name, params=params, ctx=ctx)
+            if inspect.isawaitable(result):
+                result = await result
+        except (KarenError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure becomes a typed error
+            raise PluginError(
+                info.name, f"{type(exc).__name__}: {exc}", traceback.format_exc(), err.getvalue()
+            ) from exc
+        finally:
+            capture_stop(token)
         return result, out.getvalue(), err.getvalue()
 
     async def _run_sandboxed(

@@ -67,6 +67,9 @@ class Intent(BaseModel):
         }
 
 
+_USER_KEYS = frozenset({"user_id", "roles", "tenant_id"})
+
+
 class UserContext(BaseModel):
     """The validated caller: who is asking, with which roles, for which tenant."""
 
@@ -81,6 +84,16 @@ class UserContext(BaseModel):
         """Validate a ``user_ctx`` mapping; raise :class:`InvalidUserContext` naming each bad field."""
         if isinstance(raw, UserContext):
             return raw
+        # Fast path for the common well-formed dict (run on every call); anything
+        # else goes through pydantic for its exact error messages.
+        if type(raw) is dict and raw.keys() <= _USER_KEYS:
+            uid, roles, tenant = raw.get("user_id"), raw.get("roles", []), raw.get("tenant_id")
+            if (
+                type(uid) is str and uid
+                and type(roles) is list and all(type(r) is str for r in roles)
+                and (tenant is None or type(tenant) is str)
+            ):
+                return cls.model_construct(user_id=uid, roles=list(roles), tenant_id=tenant)
         if not isinstance(raw, dict):
             raise InvalidUserContext(
                 f"user_ctx must be a dict like {{'user_id': '123', 'roles': ['user']}}, got {type(raw).__name__}"

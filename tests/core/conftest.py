@@ -72,7 +72,8 @@ def recorder() -> RecordingExecutor:
 
 
 def settings(**kw: Any) -> Any:
-    """Settings isolated from the developer's environment and config file."""
+    """Settings isolated from the developer's environment, config file and memory database."""
+    kw.setdefault("memory_url", "memory://")
     return load_settings(environ={}, **kw)
 
 
