@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import inspect
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import asdict
 from typing import Any
 
@@ -47,6 +49,15 @@ _MEMORY_METHODS = ("write", "read", "delete", "list")
 _FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
 _EXIT_WAIT = 1.0
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
+_LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Unmount work dirs and remove cgroups of executors nobody closed."""
+    for ex in list(_LIVE):
+        with contextlib.suppress(Exception):
+            ex.close()
 
 
 def _system_read_paths() -> list[str]:
@@ -627,6 +638,7 @@ class SandboxExecutor:
         self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
         self._cleaner = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="karen-sandbox-cleanup")
         self._reported = False
+        _LIVE.add(self)
 
     # -- setup ---------------------------------------------------------
 
@@ -638,7 +650,7 @@ class SandboxExecutor:
         try:
             _layers.mount_tmpfs(d, 1, uid, uid)
             _layers.umount(d)
-            return True, "size-capped tmpfs per call"
+            return True, "a size- and inode-capped tmpfs per slot, a fresh dir in it per call"
         except OSError as exc:
             return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
         finally:
