@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from .._errors import TenantError
 from ._records import MemoryRecord
 
 #: Methods an object must have to be accepted as a backend (duck typing is fine).
@@ -63,8 +64,6 @@ class MemoryBackend(abc.ABC):
 
 def check_batch(tenant_id: str, records: Sequence[MemoryRecord]) -> None:
     """Refuse a batch holding a record of another tenant (a backend calls this first)."""
-    from .._errors import TenantError
-
     for r in records:
         if r.tenant_id != tenant_id:
             raise TenantError("a memory record's tenant_id differs from the tenant it is written to")
