@@ -227,7 +227,7 @@ class Metrics:
         )
         self.memory_ops = Counter(
             "karen_memory_operations_total",
-            "Memory backend operations by backend, operation and outcome (ok, error).",
+            "Memory operations by backend, operation and outcome (ok, error, retry).",
             ["backend", "op", "outcome"],
             registry=r,
         )

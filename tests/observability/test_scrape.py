@@ -96,7 +96,7 @@ def _sandbox_usable() -> str | None:
     return None
 
 
-def test_timeout_in_sandbox_is_counted(tmp_path: Path, server: Any) -> None:
+def test_timeout_in_sandbox_is_counted(tmp_path: Path, server: Any, capsys: pytest.CaptureFixture[str]) -> None:
     why = _sandbox_usable()
     if why:
         pytest.skip(why)
@@ -104,7 +104,7 @@ def test_timeout_in_sandbox_is_counted(tmp_path: Path, server: Any) -> None:
     write_plugin(tmp_path, "sleepy", SLEEPY, sandbox=True)
     write_plugin(tmp_path, "quick", ("quick.run", [], "def run(params):\n    return 1\n", None), sandbox=True)
     write_plugins(tmp_path)
-    mgr = make_manager(tmp_path, reg, plugins={"sleepy": {"limits": {"wall_seconds": 0.5}}})
+    mgr = make_manager(tmp_path, reg, plugins={"sleepy": {"limits": {"wall_seconds": 0.5}}}, trace_plugins=True)
     assert mgr.router.get_plugin("sleepy").sandboxed
 
     async def probe() -> None:
@@ -124,6 +124,9 @@ def test_timeout_in_sandbox_is_counted(tmp_path: Path, server: Any) -> None:
     finally:
         if mgr.router._executor is not None:
             mgr.router._executor.close()
+    err = capsys.readouterr().err
+    assert "karen trace: sleepy.karen_run(intent='sleepy.run') [sandbox fork]" in err  # traced from the outside
+    assert "karen trace: sleepy.karen_run raised PluginTimeout" in err
     found = samples(scrape(server(reg)))
     calls = "karen_plugin_calls_total"
     assert value(found, calls, plugin="sleepy", intent="sleepy.run", outcome="timeout") == 1
