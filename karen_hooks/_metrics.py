@@ -195,41 +195,25 @@ class Metrics:
             self.in_flight = Gauge(_IN_FLIGHT[0], _IN_FLIGHT[1], ["plugin"], multiprocess_mode="livesum", registry=r)
         else:
             r.register(_CallCollector(self))
-        self.rbac_denials = Counter(
-            "karen_rbac_denials_total",
-            "Calls refused because the caller's roles do not admit them to the intent.",
-            ["plugin", "intent"],
-            registry=r,
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, list(labels), registry=r)
+
+        self.rbac_denials = counter(
+            "karen_rbac_denials_total", "Calls refused because the caller's roles do not admit them to the intent.",
+            "plugin", "intent",
         )
-        self.sandbox_starts = Counter(
-            "karen_sandbox_starts_total",
-            "Sandbox processes started, by kind (fork, warm, zygote, ...).",
-            ["kind"],
-            registry=r,
+        self.sandbox_starts = counter(
+            "karen_sandbox_starts_total", "Sandbox processes started, by kind (fork, warm, zygote, ...).", "kind"
         )
-        self.sandbox_kills = Counter(
-            "karen_sandbox_kills_total",
-            "Sandbox processes killed by the host, by reason.",
-            ["kind"],
-            registry=r,
+        self.sandbox_kills = counter("karen_sandbox_kills_total", "Sandbox processes killed by the host, by reason.", "kind")
+        self.sandbox_limit_hits = counter(
+            "karen_sandbox_limit_hits_total", "Sandboxed calls that hit a limit, by limit (wall_time, cpu, memory, ...).",
+            "kind",
         )
-        self.sandbox_limit_hits = Counter(
-            "karen_sandbox_limit_hits_total",
-            "Sandboxed calls that hit a limit, by limit (wall_time, cpu, memory, ...).",
-            ["kind"],
-            registry=r,
-        )
-        self.load_errors = Counter(
-            "karen_plugin_load_errors_total",
-            "Plugins reported and skipped at discovery.",
-            ["plugin"],
-            registry=r,
-        )
-        self.memory_ops = Counter(
-            "karen_memory_operations_total",
-            "Memory operations by backend, operation and outcome (ok, error, retry).",
-            ["backend", "op", "outcome"],
-            registry=r,
+        self.load_errors = counter("karen_plugin_load_errors_total", "Plugins reported and skipped at discovery.", "plugin")
+        self.memory_ops = counter(
+            "karen_memory_operations_total", "Memory operations by backend, operation and outcome (ok, error, retry).",
+            "backend", "op", "outcome",
         )
         self._series: dict[tuple[str, str], CallSeries] = {}
         self._unknown = self._new_series(UNKNOWN, UNKNOWN)
