@@ -133,3 +133,34 @@ def test_timeout_in_sandbox_is_counted(tmp_path: Path, server: Any, capsys: pyte
     assert value(found, calls, plugin="okplug", intent="ok.run", outcome="ok") == 1
     assert value(found, "karen_sandbox_limit_hits_total", kind="wall_time") == 1
     assert value(found, "karen_plugin_calls_in_flight", plugin="sleepy") == 0
+
+
+def test_asgi_and_wsgi_apps_serve_the_registry(tmp_path: Path) -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    from karen_hooks.observability import make_asgi_app, make_wsgi_app
+
+    reg = CollectorRegistry()
+    write_plugins(tmp_path)
+    mgr = make_manager(tmp_path, reg)
+    asyncio.run(mgr.run_plugin("okplug", {}, USER))
+    line = 'karen_plugin_calls_total{intent="ok.run",outcome="ok",plugin="okplug"} 1.0'
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "query_string": b"", "headers": []}
+    asyncio.run(make_asgi_app(reg)(scope, receive, send))
+    assert sent[0]["status"] == 200
+    assert line in b"".join(m.get("body", b"") for m in sent).decode()
+
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(make_wsgi_app(reg)(environ, lambda s, h: status.append(s)))
+    assert status == ["200 OK"] and line in body.decode()
