@@ -69,6 +69,31 @@ def throughput(fn: Callable[[], object], callers: int, seconds: float) -> float:
     return sum(counts) / seconds
 
 
+def _cpu_seconds(zygote_pid: int) -> float:
+    """CPU used so far by this process (all threads) plus the zygote and its reaped children."""
+    ru = os.times()
+    total = ru.user + ru.system
+    try:
+        with open(f"/proc/{zygote_pid}/stat") as fh:
+            fields = fh.read().rsplit(") ", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    except OSError:
+        pass
+    return total
+
+
+def _idle_fraction(seconds: float = 1.0) -> float:
+    def snap() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            vals = [int(x) for x in fh.readline().split()[1:]]
+        return vals[3] + vals[4], sum(vals)
+
+    i0, t0 = snap()
+    time.sleep(seconds)
+    i1, t1 = snap()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
 def _pipe_echo(conn) -> None:  # type: ignore[no-untyped-def]
     while True:
         msg = conn.recv()
@@ -128,6 +153,15 @@ def main() -> int:
     parent.send(None)
     proc.join(5)
 
+    idle = _idle_fraction()
+    zpid = ex._zygote().pid
+    c0, n0 = _cpu_seconds(zpid), time.perf_counter()
+    calls = 40
+    for _ in range(calls):
+        ex.call_sync(spec, "karen_run", kwargs, fork, limits)
+    time.sleep(0.5)  # let the last cleanup and standby fork land in the numbers
+    cpu_per_call = (_cpu_seconds(zpid) - c0) / calls
+    del n0
     one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 1, args.seconds)
     two = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 2, args.seconds)
     specs = [spec, spec2]
@@ -156,10 +190,15 @@ def main() -> int:
     print()
     print(f"fork-per-call / bare spawn   = {forkc / spawn:.2f}   (target <= 0.50)")
     print(f"warm-mode median             = {warmc:.3f} ms (target < 0.5 ms)")
+    print(f"machine idle before the runs : {idle:.0%} of {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine caps what 2 callers can gain)")
+    print(f"fork-per-call CPU per call   = {cpu_per_call * 1000:.1f} ms (host + zygote + children), so at most "
+          f"{(os.cpu_count() or 1) / cpu_per_call:.0f} calls/s on {os.cpu_count()} idle CPUs")
     print(f"fork-per-call throughput     : 1 caller {one:.1f}/s, 2 callers {two:.1f}/s = {two / one:.2f}x (target >= 1.7x)")
     print(f"warm-mode throughput         : 1 caller {warm_one:.1f}/s, 2 callers {warm_two:.1f}/s = "
           f"{warm_two / warm_one:.2f}x")
-    results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "throughput": {
+    results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "idle_fraction": idle,
+               "fork_cpu_ms_per_call": cpu_per_call * 1000, "throughput": {
         "fork_1": one, "fork_2": two, "fork_ratio": two / one, "warm_1": warm_one, "warm_2": warm_two,
         "warm_ratio": warm_two / warm_one}}
     if args.json:

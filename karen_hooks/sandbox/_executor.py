@@ -33,6 +33,7 @@ from .._errors import InvalidResult, LimitExceeded, PluginError, PluginTimeout, 
 from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
 from . import _layers
+from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
 from ._protocol import FrameBuffer, FrameTooLargeError, ProtocolError, encode
 
@@ -87,7 +88,9 @@ class _Zygote:
         self.pid = self.proc.pid
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
-        self.standby: dict[int, int] = {}  # slot -> pid of its pre-forked child
+        # slot -> (pid, socket) of its pre-forked standby child
+        self.standby: dict[int, tuple[int, socket.socket]] = {}
+        self._by_pid: dict[int, str] = {}
         self._cond = threading.Condition()
         self.alive = True
         parent.settimeout(30)
@@ -105,20 +108,33 @@ class _Zygote:
     def _read_loop(self) -> None:
         while True:
             try:
-                data = self.ctrl.recv(1 << 16)
+                data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1 << 16, 1)
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
+                for fd in fds:
+                    os.close(fd)
                 break
             try:
                 msg = json.loads(data.decode())
             except ValueError:
+                msg = {}
+            if msg.get("op") == "prepared" and len(fds) == 1:
+                os.set_inheritable(fds[0], False)
+                sock = socket.socket(fileno=fds[0])
+                with self._cond:
+                    old = self.standby.pop(int(msg.get("slot", -1)), None)
+                    self.standby[int(msg.get("slot", -1))] = (int(msg.get("pid", 0)), sock)
+                if old is not None:
+                    old[1].close()
                 continue
-            if msg.get("op") == "prepared":
-                self.standby[int(msg.get("slot", -1))] = int(msg.get("pid", 0))
-                continue
+            for fd in fds:
+                os.close(fd)
             with self._cond:
-                rec = self._pending.get(str(msg.get("id")))
+                cid = str(msg.get("id"))
+                if cid.startswith("standby:"):
+                    cid = self._by_pid.get(int(msg.get("pid", 0)), cid)
+                rec = self._pending.get(cid)
                 if rec is not None:
                     rec[str(msg.get("op"))] = msg
                     self._cond.notify_all()
@@ -127,6 +143,16 @@ class _Zygote:
             self._cond.notify_all()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
+
+    def take_standby(self, slot: int) -> tuple[int, socket.socket] | None:
+        with self._cond:
+            return self.standby.pop(slot, None)
+
+    def register(self, call_id: str, pid: int) -> None:
+        """A standby child now serves ``call_id``: route its exit status there."""
+        with self._cond:
+            self._pending[call_id] = {"started": {"pid": pid}}
+            self._by_pid[pid] = call_id
 
     def prepare(self, slot: _Slot) -> None:
         """Ask for a standby child for ``slot`` (forked and placed in its cgroup ahead of time)."""
@@ -137,7 +163,6 @@ class _Zygote:
     def spawn(self, call_id: str, slot: int, cfg: dict[str, Any], fds: list[int]) -> None:
         with self._cond:
             self._pending[call_id] = {}
-        self.standby.pop(slot, None)
         data = json.dumps({"op": "spawn", "id": call_id, "slot": slot, "cfg": cfg}).encode()
         with self._send_lock:
             socket.send_fds(self.ctrl, [data], fds)
@@ -156,14 +181,23 @@ class _Zygote:
 
     def forget(self, call_id: str) -> None:
         with self._cond:
-            self._pending.pop(call_id, None)
+            rec = self._pending.pop(call_id, None)
+            pid = (rec or {}).get("started", {}).get("pid")
+            if pid is not None and self._by_pid.get(pid) == call_id:
+                del self._by_pid[pid]
 
     def kill_call(self, call_id: str) -> None:
+        with self._cond:
+            pid = self._pending.get(call_id, {}).get("started", {}).get("pid")
         with contextlib.suppress(OSError), self._send_lock:
-            self.ctrl.send(json.dumps({"op": "kill", "id": call_id}).encode())
+            self.ctrl.send(json.dumps({"op": "kill", "id": call_id, "pid": pid}).encode())
 
     def kill(self) -> None:
         self.alive = False
+        with self._cond:
+            standby, self.standby = list(self.standby.values()), {}
+        for _pid, sock in standby:  # a standby exits when its socket closes
+            sock.close()
         with contextlib.suppress(OSError):
             self.proc.kill()
         with contextlib.suppress(Exception):
@@ -527,11 +561,14 @@ class _Worker:
         self.ch = _Channel(hs, out_r, err_r, limits)
         try:
             self.zyg = ex._zygote()
-            try:
-                self.zyg.spawn(self.id, self.slot.index, cfg, [cs.fileno(), out_w, err_w])
-            except OSError:
-                self.zyg = ex._zygote(replace=self.zyg)
-                self.zyg.spawn(self.id, self.slot.index, cfg, [cs.fileno(), out_w, err_w])
+            fds = [cs.fileno(), out_w, err_w]
+            sb = self.zyg.take_standby(slot.index)
+            if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
+                try:
+                    self.zyg.spawn(self.id, slot.index, cfg, fds)
+                except OSError:
+                    self.zyg = ex._zygote(replace=self.zyg)
+                    self.zyg.spawn(self.id, slot.index, cfg, fds)
         finally:
             cs.close()
             os.close(out_w)
@@ -638,6 +675,8 @@ class SandboxExecutor:
         self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
         self._cleaner = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="karen-sandbox-cleanup")
         self._reported = False
+        self._ll_abi = _layers.landlock_abi()
+        self._rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
         _LIVE.add(self)
 
     # -- setup ---------------------------------------------------------
@@ -655,6 +694,51 @@ class SandboxExecutor:
             return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
         finally:
             os.rmdir(d)
+
+    def _activate(self, zyg: _Zygote, sb: tuple[int, socket.socket], call_id: str, cfg: dict[str, Any],
+                  fds: list[int]) -> bool:
+        """Hand a call straight to a slot's standby child; ``False`` if it is gone."""
+        pid, sock = sb
+        ruleset = self._ruleset(cfg["read_paths"], cfg["write_paths"])
+        aliases: list[str] = []
+        alias_fds: list[int] = []
+        uid = int(cfg["uid"])
+        if uid > 0:
+            for p in cfg["code_paths"] + ([cfg["spec"]["path"]] if cfg["spec"]["path"] else []):
+                if p not in aliases and os.path.isdir(p) and not _reachable(p, uid, uid):
+                    aliases.append(p)
+                    alias_fds.append(os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        payload = {"cfg": cfg, "ruleset": ruleset is not None, "aliases": aliases}
+        zyg.register(call_id, pid)
+        try:
+            socket.send_fds(sock, [json.dumps(payload).encode()],
+                            fds + ([ruleset] if ruleset is not None else []) + alias_fds)
+            return True
+        except OSError:
+            zyg.forget(call_id)
+            return False
+        finally:
+            sock.close()
+            for fd in alias_fds:
+                os.close(fd)
+
+    def _ruleset(self, read_paths: list[str], write_paths: list[str]) -> int | None:
+        """A Landlock ruleset fd for these paths, built once in the host (never enforced on it)."""
+        if self._ll_abi < 1:
+            return None
+        key = (tuple(read_paths), tuple(write_paths))
+        with self._lock:
+            fd = self._rulesets.get(key)
+            if fd is None:
+                if len(self._rulesets) >= 64:
+                    os.close(self._rulesets.pop(next(iter(self._rulesets))))
+                try:
+                    fd, _ = _layers.landlock_ruleset(read_paths, write_paths, self._ll_abi)
+                except OSError as exc:
+                    log.error("cannot build a Landlock ruleset: %s", exc)
+                    return None
+                self._rulesets[key] = fd
+            return fd
 
     def _slot_tmpfs(self, slot: _Slot, size_mb: int) -> None:
         """Mount (once) or resize the slot's tmpfs; it caps bytes and inodes of the work dir."""
@@ -833,6 +917,11 @@ class SandboxExecutor:
                     _layers.umount(slot.tmpfs)
         self._cgroups.remove()
         shutil.rmtree(self._base, ignore_errors=True)
+        with self._lock:
+            for fd in self._rulesets.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._rulesets.clear()
 
     def __enter__(self) -> SandboxExecutor:
         return self

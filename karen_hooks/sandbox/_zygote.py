@@ -144,7 +144,6 @@ def main(ctrl_fd: int) -> None:
     _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status})
 
     children: dict[int, str] = {}
-    standby: dict[Any, tuple[int, socket.socket, set[int]]] = {}
     rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wpipe)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -160,14 +159,14 @@ def main(ctrl_fd: int) -> None:
                 os.read(rpipe, 4096)
             except BlockingIOError:
                 pass
-            _reap(ctrl, children, standby)
+            _reap(ctrl, children)
         if ctrl.fileno() in ready:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(ctrl, _CTRL_MAX, 3)
             except OSError:
                 data, fds = b"", []
             if not data:
-                for pid in list(children) + [sb[0] for sb in standby.values()]:
+                for pid in list(children):
                     _kill_group(pid)
                 os._exit(0)
             msg = json.loads(data.decode())
@@ -176,32 +175,38 @@ def main(ctrl_fd: int) -> None:
                 cfg = msg["cfg"]
                 z.add_aliases(list(cfg["read_paths"]))
                 ruleset = _ruleset(cfg, z)
-                sb = standby.pop(msg.get("slot"), None)
-                pid = _activate_standby(sb, cfg, fds, ruleset, z) if sb is not None else 0
-                if not pid:
-                    pid = os.fork()
-                    if pid == 0:
-                        _child.child_main(cfg, fds, z, ruleset)
-                        os._exit(0)  # pragma: no cover
+                pid = os.fork()
+                if pid == 0:
+                    _child.child_main(cfg, fds, z, ruleset)
+                    os._exit(0)  # pragma: no cover
                 for fd in fds:
                     os.close(fd)
                 children[pid] = msg["id"]
                 _send(ctrl, {"op": "started", "id": msg["id"], "pid": pid})
             elif op == "prepare":
+                # A standby child for the slot; the host gets its socket and hands it a
+                # call directly, so the zygote is not on the call's critical path.
+                for fd in fds:
+                    os.close(fd)
                 slot = msg.get("slot")
-                if slot not in standby:
-                    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                    pid = os.fork()
-                    if pid == 0:
-                        a.close()
-                        _child.standby_main(b, list(msg.get("cgroup_procs", [])), z)
-                        os._exit(0)  # pragma: no cover
-                    b.close()
-                    standby[slot] = (pid, a, set(z.alias_fds))
-                    _send(ctrl, {"op": "prepared", "id": f"slot{slot}", "slot": slot, "pid": pid})
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                pid = os.fork()
+                if pid == 0:
+                    a.close()
+                    _child.standby_main(b, list(msg.get("cgroup_procs", [])), z)
+                    os._exit(0)  # pragma: no cover
+                b.close()
+                children[pid] = f"standby:{slot}"
+                try:
+                    socket.send_fds(ctrl, [json.dumps({"op": "prepared", "slot": slot, "pid": pid}).encode()],
+                                    [a.fileno()])
+                except OSError:
+                    os._exit(0)
+                finally:
+                    a.close()
             elif op == "kill":
                 for pid, cid in children.items():
-                    if cid == msg["id"]:
+                    if cid == msg.get("id") or pid == msg.get("pid"):
                         _kill_group(pid)
             elif op == "exit":
                 os._exit(0)
@@ -218,24 +223,7 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def _activate_standby(sb: tuple[int, socket.socket, set[int]], cfg: dict[str, Any], fds: list[int],
-                      ruleset: int | None, z: Any) -> int:
-    """Hand a call to a slot's standby child; 0 if it is gone (then the caller forks)."""
-    pid, sock, had = sb
-    extra = [(p, fd) for p, fd in z.alias_fd.items() if fd not in had]
-    payload = {"cfg": cfg, "ruleset": ruleset is not None, "aliases": [p for p, _ in extra]}
-    send = list(fds) + ([ruleset] if ruleset is not None else []) + [fd for _, fd in extra]
-    try:
-        socket.send_fds(sock, [json.dumps(payload).encode()], send)
-    except OSError:
-        _kill_group(pid)
-        return 0
-    finally:
-        sock.close()
-    return pid
-
-
-def _reap(ctrl: socket.socket, children: dict[int, str], standby: dict[Any, Any]) -> None:
+def _reap(ctrl: socket.socket, children: dict[int, str]) -> None:
     while True:
         try:
             pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -243,15 +231,11 @@ def _reap(ctrl: socket.socket, children: dict[int, str], standby: dict[Any, Any]
             return
         if pid == 0:
             return
-        for slot, sb in list(standby.items()):
-            if sb[0] == pid:  # a standby died before it was used
-                sb[1].close()
-                del standby[slot]
         cid = children.pop(pid, None)
         if cid is not None:
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-            _send(ctrl, {"op": "exited", "id": cid, "signal": sig, "code": code,
+            _send(ctrl, {"op": "exited", "id": cid, "pid": pid, "signal": sig, "code": code,
                          "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
         # orphans adopted as subreaper are simply reaped
 

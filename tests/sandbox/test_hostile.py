@@ -316,7 +316,7 @@ def test_no_stray_processes_after_hostile_calls(executor, layers):
     while time.monotonic() < deadline:
         free = list(executor._slots.queue)  # a slot is back only once its cgroup is empty
         z = executor._zygote()
-        standby = set(z.standby.values())  # pre-forked children waiting for the next call are expected
+        standby = {pid for pid, _sock in z.standby.values()}  # pre-forked children waiting for a call
         busy = [s.cg.pids() - standby for s in free if s.cg is not None]
         children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == z.pid and int(p) not in standby]
         if len(free) == executor._nslots and not any(busy) and not children:
