@@ -67,6 +67,8 @@ commands = pytest {posargs}
 
 [testenv:sandbox]
 description = the plugin's tests, run untrusted through the real process sandbox
+# seccomp is an optional layer of the sandbox; without it the tests warn that it is missing
+deps = karen-hooks[seccomp]>=1,<2
 commands = pytest --karen-sandbox {posargs}
 """
 
