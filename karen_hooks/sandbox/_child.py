@@ -168,8 +168,9 @@ def apply_layers(
         status["landlock"] = [False, status.get("landlock", [False, "unavailable"])[1]]
         if "landlock" in required:
             raise OSError("landlock required but no ruleset was built")
-    step("rlimits", lambda: _layers.apply_rlimits(cfg["limits"], int(cfg.get("warm_calls", 1))))
     uid, gid = int(cfg.get("uid", -1)), int(cfg.get("gid", -1))
+    dedicated = os.geteuid() == 0 and uid > 0
+    step("rlimits", lambda: _layers.apply_rlimits(cfg["limits"], int(cfg.get("warm_calls", 1)), nproc=dedicated))
     if os.geteuid() == 0 and uid > 0:
         step("uid", lambda: _layers.drop_privileges(uid, gid))
     elif os.geteuid() == 0:

@@ -17,6 +17,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -85,6 +86,8 @@ class _Zygote:
         finally:
             child.close()
         self.ctrl = parent
+        # a wedged zygote must not block the host: sends time out (and the zygote is replaced)
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
         self.pid = self.proc.pid
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
@@ -594,6 +597,11 @@ class _Worker:
                 raise
             return CallOutcome(result, ex.stdout, ex.stderr)
         # failure without a usable reply: kill, then classify with the exit status
+        if ex.timed_out and self.zyg.wait_for(self.id, "started", 0) is None:
+            # the zygote never forked the child: it is wedged; replace it on the next call
+            log.error("sandbox zygote %d did not start a call within %g s; replacing it", self.zyg.pid,
+                      self.limits.wall_seconds)
+            self.zyg.kill()
         self.zyg.kill_call(self.id)
         if cg is not None:
             cg.kill_all()

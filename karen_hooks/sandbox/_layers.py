@@ -176,7 +176,7 @@ def build_seccomp_filter() -> Any:
 # ---------------------------------------------------------------- rlimits
 
 
-def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1) -> None:
+def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1, nproc: bool = True) -> None:
     mib = 1 << 20
     cpu = int(limits["cpu_seconds"])
     # CPU: soft limit sends SIGXCPU; the hard limit (soft + 1) is a SIGKILL
@@ -189,7 +189,10 @@ def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 * int(limits["memory_mb"]) * mib,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_size_mb"]) * mib,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["processes"]),) * 2)
+    if nproc:
+        # RLIMIT_NPROC counts every process of the real uid: only meaningful with
+        # a dedicated sandbox uid (otherwise the cgroup pids limit does the job).
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["processes"]),) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # CPython ignores SIGXFSZ; restore the default so a write past the file
     # size limit kills instead of silently short-writing.

@@ -6,6 +6,7 @@ reason, where that layer is missing on the machine running the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -339,3 +340,23 @@ def test_plugin_error_is_not_a_limit(executor):
     with pytest.raises(PluginError) as ei:
         run(executor, "fail")
     assert not isinstance(ei.value, SandboxError)
+
+
+def test_wedged_zygote_is_replaced(executor):
+    z = executor._zygote()
+    os.kill(z.pid, signal.SIGSTOP)
+    try:
+        timeouts = 0
+        for _ in range(executor._nslots + 3):  # standbys serve first; then the wedge shows
+            try:
+                run(executor, "echo", limits=Limits(wall_seconds=1))
+            except PluginTimeout:
+                timeouts += 1
+            if executor._zyg is not z:
+                break
+        assert timeouts <= 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # normally it was killed and replaced
+            os.kill(z.pid, signal.SIGCONT)
+    still_serves(executor)
+    assert executor._zygote() is not z
