@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,22 @@ def make_router(args: Any, **overrides: Any) -> PluginRouter:
         overrides["plugin_dir"] = args.plugin_dir
     settings = load_settings(getattr(args, "config", None), **overrides)
     return _ProgressRouter(settings) if progress_enabled() else PluginRouter(settings)
+
+
+@contextlib.contextmanager
+def open_router(args: Any, **overrides: Any) -> Iterator[PluginRouter]:
+    """:func:`make_router`, closing its sandbox workers afterwards."""
+    router = make_router(args, **overrides)
+    try:
+        yield router
+    finally:
+        close_router(router)
+
+
+def close_router(router: PluginRouter) -> None:
+    executor = router._executor
+    if executor is not None:
+        executor.close()
 
 
 def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any]:

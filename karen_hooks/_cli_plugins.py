@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from . import hookspecs
-from ._cli_common import CliError, make_router, print_json, print_table
+from ._cli_common import CliError, open_router, print_json, print_table
 from ._loader import find_entry_points
 from ._models import LoadProblem, PluginInfo
 from ._rbac import required_roles
@@ -94,8 +94,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for line in _requirements():
             print(line)
         return 0
-    router = make_router(args)
-    records = [plugin_record(router, i) for i in router.list_plugins()]
+    with open_router(args) as router:
+        records = [plugin_record(router, i) for i in router.list_plugins()]
+        problems = list(router.problems)
     if args.hook:
         if args.hook not in ALL_HOOKS:
             raise CliError(f"unknown hook {args.hook!r}; hooks are: {', '.join(ALL_HOOKS)}")
@@ -107,7 +108,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if args.all:
-        records += [problem_record(p) for p in router.problems]
+        records += [problem_record(p) for p in problems]
     if args.json:
         print_json(records)
         return 0
@@ -132,15 +133,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         print_table(headers, rows)
     else:
         print("no plugins loaded", file=sys.stderr)
-    if router.problems and not args.all:
-        print(f"note: {len(router.problems)} plugin(s) failed to load; see 'karen plugins check'", file=sys.stderr)
+    if problems and not args.all:
+        print(f"note: {len(problems)} plugin(s) failed to load; see 'karen plugins check'", file=sys.stderr)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    router = make_router(args)
-    info = router.get_plugin(args.name)
-    record = plugin_record(router, info)
+    with open_router(args) as router:
+        info = router.get_plugin(args.name)
+        record = plugin_record(router, info)
     record["target"] = info.spec.target
     record["path"] = info.spec.path
     record["code_paths"] = list(info.spec.code_paths)
@@ -194,9 +195,9 @@ def _extra_checks(router: PluginRouter) -> list[LoadProblem]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    router = make_router(args, strict=False)
-    problems = list(router.problems) + _extra_checks(router)
-    loaded = router.list_plugins()
+    with open_router(args, strict=False) as router:
+        problems = list(router.problems) + _extra_checks(router)
+        loaded = router.list_plugins()
     if args.json:
         print_json(
             {

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from ._cli_common import CliError, make_router, parse_params, parse_value, print_json, progress
+from ._cli_common import CliError, close_router, make_router, parse_params, parse_value, print_json, progress
 from ._errors import PluginError
 from ._manager import PluginManager
 
@@ -21,9 +21,7 @@ def _manager(args: argparse.Namespace) -> PluginManager:
 
 
 def _close(manager: PluginManager) -> None:
-    executor = manager.router._executor
-    if executor is not None:
-        executor.close()
+    close_router(manager.router)
 
 
 def _show_plugin_failure(args: argparse.Namespace, exc: PluginError) -> None:
