@@ -50,6 +50,7 @@ _LIMIT_NAMES = {"cpu", "memory", "processes", "open_files", "file_size", "stdout
 _MEMORY_METHODS = ("write", "read", "delete", "list")
 _FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
 _EXIT_WAIT = 1.0
+_MAX_MEMORY_RPCS = 1000
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
 _LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
 
@@ -308,6 +309,7 @@ def _drive(
     outbuf = bytearray(encode(request))
     sel = ch.sel
     want_write = False
+    rpcs = 0
     try:
         # the request usually goes out in one send; only a huge one needs the selector
         try:
@@ -377,7 +379,10 @@ def _drive(
                         if op == "result" and ex.reply is None:
                             ex.reply = msg
                         elif op == "memory" and ex.reply is None:
-                            outbuf += encode(_memory_rpc(msg, memory, loop, deadline))
+                            rpcs += 1
+                            answer = (_memory_rpc(msg, memory, loop, deadline) if rpcs <= _MAX_MEMORY_RPCS else
+                                      {"ok": False, "error": f"more than {_MAX_MEMORY_RPCS} memory calls in one call"})
+                            outbuf += encode(answer)
                             if not want_write:
                                 sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
                                 want_write = True
@@ -584,7 +589,11 @@ class _Worker:
         request = {"op": "call", "hook": hook, "kwargs": kwargs}
         cg = self.slot.cg
         deadline = time.monotonic() + self.limits.wall_seconds
-        ex = _drive(self.ch, request, self.limits, memory, loop, deadline)
+        try:
+            ex = _drive(self.ch, request, self.limits, memory, loop, deadline)
+        except BaseException:  # never reuse a worker whose exchange broke half-way
+            self.retire(background=True)
+            raise
         if ex.reply is not None and not ex.timed_out and ex.limit is None:
             hit = cg.hit() if cg is not None and ex.reply.get("ok") is not True else set()
             ok = ex.reply.get("ok") is True

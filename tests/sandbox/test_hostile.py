@@ -162,6 +162,9 @@ def test_malformed_and_forged_replies(executor):
         run(executor, "forge_reply")
     assert "malformed" in str(ei.value) and not isinstance(ei.value, LimitExceeded)
     with pytest.raises(SandboxError) as ei:
+        run(executor, "forge_deep")
+    assert "nests too deeply" in str(ei.value)
+    with pytest.raises(SandboxError) as ei:
         run(executor, "forge_limit")
     assert "unknown limit" in str(ei.value)
     still_serves(executor)
@@ -360,3 +363,15 @@ def test_wedged_zygote_is_replaced(executor):
             os.kill(z.pid, signal.SIGCONT)
     still_serves(executor)
     assert executor._zygote() is not z
+
+
+def test_memory_call_flood_is_capped(executor):
+    class Bridge:
+        calls = 0
+
+        def read(self, query, limit=5):
+            Bridge.calls += 1
+            return []
+
+    assert run(executor, "memory_flood", memory=Bridge()).result == 500
+    assert Bridge.calls == 1000

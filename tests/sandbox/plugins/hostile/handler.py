@@ -187,6 +187,23 @@ def act_forge_oversized_header(p, ctx):
     time.sleep(5)
 
 
+def act_forge_deep(p, ctx):
+    # a frame within the size cap that would blow the host's recursion limit
+    body = b'{"op": "result", "ok": true, "result": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    os.write(3, len(body).to_bytes(4, "big") + body)
+    time.sleep(5)
+
+
+def act_memory_flood(p, ctx):
+    errors = 0
+    for _ in range(1500):
+        try:
+            ctx.memory.read("x")
+        except Exception:  # noqa: BLE001
+            errors += 1
+    return errors
+
+
 def act_forge_limit(p, ctx):
     # a valid frame that lies about the result kind
     body = json.dumps({"op": "result", "ok": False, "kind": "limit", "limit": "not-a-limit"}).encode()
