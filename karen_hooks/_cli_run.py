@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import json
 import subprocess
 import sys
 from typing import Any
 
 from ._cli_common import CliError, close_router, make_router, parse_params, parse_value, print_json, progress
-from ._errors import PluginError
+from ._errors import PluginError, TemplateError
 from ._manager import PluginManager
 
 
@@ -68,27 +67,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _render(manager: PluginManager, args: argparse.Namespace, params: dict[str, Any], user: dict[str, Any]) -> Any:
-    render = getattr(manager, "render_prompt", None)
-    if render is None:
-        raise CliError(
-            "this karen-hooks has no PluginManager.render_prompt yet, so 'karen prompt' cannot render; "
-            "upgrade karen-hooks"
-        )
-    kwargs: dict[str, Any] = {"intent": args.intent}
+async def _render(manager: PluginManager, args: argparse.Namespace, params: dict[str, Any], user: dict[str, Any]) -> str:
     result: Any = None
     if args.run:
         result = (await manager.run_plugin(args.name, params, user, intent=args.intent)).result
     elif args.result_json is not None:
         result = parse_value(args.result_json)
-    if result is not None:
-        if "result" not in inspect.signature(render).parameters:
-            raise CliError("this karen-hooks' render_prompt takes no result; drop --result-json/--run")
-        kwargs["result"] = result
-    rendered = render(args.name, params, user, **kwargs)
-    if inspect.isawaitable(rendered):
-        rendered = await rendered
-    return rendered
+    return await manager.render_prompt(args.name, params, user, result=result, intent=args.intent)
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
@@ -102,12 +87,13 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     except PluginError as exc:
         _show_plugin_failure(args, exc)
         raise
+    except TemplateError as exc:
+        if args.run or args.result_json is not None:
+            raise
+        raise CliError(f"{exc} (templates usually use the plugin's result: pass --run or --result-json)") from exc
     finally:
         _close(manager)
-    text = rendered if isinstance(rendered, str) else getattr(rendered, "text", None)
-    if text is None:
-        text = json.dumps(rendered, indent=2, default=str)
-    print(text)
+    print(rendered)
     return 0
 
 

@@ -23,7 +23,6 @@ A plugin named by the test that fails to load fails the test with the reason
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,16 +90,10 @@ class KarenHost:
         params: dict[str, Any] | None = None,
         user: dict[str, Any] | None = None,
         intent: str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Render the plugin's prompt through the host (``PluginManager.render_prompt``)."""
-        render = getattr(self.manager, "render_prompt", None)
-        if render is None:
-            raise NotImplementedError("this karen-hooks has no PluginManager.render_prompt")
-        out = render(name, params, user or dict(DEFAULT_USER), intent=intent, **kwargs)
-        if inspect.isawaitable(out):
-            return asyncio.run(_await(out))
-        return out
+        result: Any = None,
+    ) -> str:
+        """Render the plugin's prompt through the host (:meth:`PluginManager.render_prompt`)."""
+        return asyncio.run(self.manager.render_prompt(name, params, user or dict(DEFAULT_USER), result=result, intent=intent))
 
     def plugin(self, name: str) -> PluginInfo:
         return self.router.get_plugin(name)
@@ -112,10 +105,6 @@ class KarenHost:
         executor = self.router._executor
         if executor is not None:
             executor.close()
-
-
-async def _await(aw: Any) -> Any:
-    return await aw
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

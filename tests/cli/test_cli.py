@@ -182,13 +182,17 @@ def test_parse_values() -> None:
 
 def test_prompt(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "prompt", "hello", "--param", "name=Ann", "--result-json", '{"message": "Hi Ann"}')
-    from karen_hooks import PluginManager
-
-    if not hasattr(PluginManager, "render_prompt"):
-        assert code == 1 and "no PluginManager.render_prompt" in err
-        return
     assert code == 0, err
     assert out.strip() == "Greet the user warmly. The greeting plugin said: Hi Ann"
+    code, out, err = run_cli(capsys, "prompt", "greet", "--param", "name=Bo", "--run", "--tenant", "t1")
+    assert code == 0, err
+    assert out.strip() == "Greet the user warmly. The greeting plugin said: Hello, Bo!"
+
+
+def test_prompt_without_result_hints(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "prompt", "hello")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "pass --run or --result-json" in err
 
 
 def test_sandbox_doctor_guarded(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,12 @@ class TestMarkerOnAClass:
         assert karen_host.intents() == ["time.now"]
 
 
+@pytest.mark.karen_plugins("time-query")
+def test_render_prompt(karen_host: KarenHost) -> None:
+    text = karen_host.render_prompt("time-query", {"timezone": "UTC"}, result={"time": "noon"})
+    assert "It is noon (UTC)" in text
+
+
 def test_user_factory(karen_user: Any) -> None:
     assert karen_user() == {"user_id": "test-user", "roles": ["user"], "tenant_id": "test-tenant"}
     assert karen_user(roles=["a", "b"], tenant=None, user_id="u") == {"user_id": "u", "roles": ["a", "b"]}
