@@ -174,6 +174,12 @@ def test_params_are_validated(karen_host) -> None:
         karen_host.run("__NAME__", {"name": ""})
 
 
+@pytest.mark.karen_plugins("__NAME__")
+def test_prompt_renders_through_the_host(karen_host) -> None:
+    text = karen_host.render_prompt("__NAME__", {"name": "Ann"}, result={"message": "Hello, Ann!"})
+    assert "as Ann." in text and "answered: Hello, Ann!" in text
+
+
 def test_prompt_template() -> None:
     assert "{{ result.message }}" in karen_render_prompt(intent=INTENT)
     assert karen_render_prompt(intent="something.else") is None

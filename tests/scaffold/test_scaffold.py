@@ -73,7 +73,7 @@ def test_generated_package_installs_and_passes_its_own_tests(tmp_path: Path, plu
     shutil.copy(root / "pyproject.toml", tests / "pyproject.toml")
     proc = plugin_venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=tests)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "6 passed" in proc.stdout
+    assert "7 passed" in proc.stdout
     listed = plugin_venv.karen("plugins", "list", "--json", KAREN_LOAD_PLUGINS="scaffold-probe", KAREN_TRUSTED_PLUGINS="scaffold-probe")
     assert listed.returncode == 0, listed.stderr
     [rec] = json.loads(listed.stdout)
