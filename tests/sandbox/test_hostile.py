@@ -170,6 +170,18 @@ def test_malformed_and_forged_replies(executor):
     still_serves(executor)
 
 
+# -- descriptors -------------------------------------------------------------
+
+
+def test_no_inherited_descriptors_but_the_channel(executor):
+    fds = {int(k): v for k, v in run(executor, "fds").result.items()}
+    assert fds.pop(0)["kind"] == "chr"  # /dev/null
+    assert fds.pop(1)["kind"] == "fifo" and fds.pop(2)["kind"] == "fifo"  # this call's stdout/stderr pipes
+    assert fds.pop(3)["kind"] == "sock"  # the protocol channel
+    # anything else may only be an O_PATH directory alias (Python under a private home, see docs/security.md)
+    assert all(v["kind"] == "dir" and v["o_path"] for v in fds.values()), fds
+
+
 # -- secrets -----------------------------------------------------------------
 
 

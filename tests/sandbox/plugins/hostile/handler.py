@@ -187,6 +187,23 @@ def act_forge_oversized_header(p, ctx):
     time.sleep(5)
 
 
+def act_fds(p, ctx):
+    import fcntl
+    import stat
+
+    found = {}
+    for fd in range(256):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "fifo" if stat.S_ISFIFO(st.st_mode) else (
+            "sock" if stat.S_ISSOCK(st.st_mode) else "chr" if stat.S_ISCHR(st.st_mode) else "other")
+        found[fd] = {"kind": kind, "o_path": bool(flags & getattr(os, "O_PATH", 0o10000000))}
+    return found
+
+
 def act_forge_deep(p, ctx):
     # a frame within the size cap that would blow the host's recursion limit
     body = b'{"op": "result", "ok": true, "result": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
