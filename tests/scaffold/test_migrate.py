@@ -59,10 +59,7 @@ def test_migrated_package_installs_runs_and_passes_its_tests(tmp_path: Path, plu
     assert main(["plugins", "migrate", str(HELLO), "--dir", str(tmp_path)]) == 0
     root = tmp_path / "karen-plugin-hello"
     plugin_venv.pip_install(root)
-    run_dir = tmp_path / "run"
-    shutil.copytree(root / "tests", run_dir / "tests")
-    shutil.copy(root / "pyproject.toml", run_dir / "pyproject.toml")
-    proc = plugin_venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=run_dir)
+    proc = plugin_venv.run_package_tests(root, tmp_path / "run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     env = {"KAREN_LOAD_PLUGINS": "hello", "KAREN_MEMORY_URL": "memory://"}
     trusted = plugin_venv.karen("run", "hello", "--param", "name=Ann", "--json", KAREN_TRUSTED_PLUGINS="hello", **env)

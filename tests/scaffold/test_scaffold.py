@@ -67,11 +67,7 @@ def test_cli_new_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_generated_package_installs_and_passes_its_own_tests(tmp_path: Path, plugin_venv: Any) -> None:
     root = write_plugin("scaffold-probe", tmp_path)
     plugin_venv.pip_install(root)
-    # its own tests, run from a copy without the source package so the installed one is what gets tested
-    tests = tmp_path / "run"
-    shutil.copytree(root / "tests", tests / "tests")
-    shutil.copy(root / "pyproject.toml", tests / "pyproject.toml")
-    proc = plugin_venv.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=tests)
+    proc = plugin_venv.run_package_tests(root, tmp_path / "run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "7 passed" in proc.stdout
     listed = plugin_venv.karen("plugins", "list", "--json", KAREN_LOAD_PLUGINS="scaffold-probe", KAREN_TRUSTED_PLUGINS="scaffold-probe")

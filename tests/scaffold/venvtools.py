@@ -9,6 +9,7 @@ session (tests/cli, tests/scaffold and tests/compat load this file by path).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -58,6 +59,12 @@ class Venv:
             "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", *map(str, paths), timeout=240
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def run_package_tests(self, root: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
+        """Run an installed package's own tests from a copy without its source, so the installed code is tested."""
+        shutil.copytree(root / "tests", workdir / "tests")
+        shutil.copy(root / "pyproject.toml", workdir / "pyproject.toml")
+        return self.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=workdir)
 
     def karen(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return self.run("-m", "karen_hooks.cli", *args, **extra)
