@@ -813,18 +813,20 @@ class SandboxExecutor:
 
     def _acquire_slot(self, timeout: float) -> _Slot:
         try:
+            return self._slots.get_nowait()
+        except queue.Empty:
+            pass
+        # all slots busy: warm workers are a cache, so give back an idle one's slot
+        with self._lock:
+            idle = next((k for k, w in self._warm.items() if not w.lock.locked()), None)
+            victim = self._warm.pop(idle) if idle is not None else None
+        if victim is not None:
+            with victim.lock:
+                victim.retire()
+        try:
             return self._slots.get(timeout=timeout)
         except queue.Empty:
-            with self._lock:
-                idle = [w for w in self._warm.values() if not w.lock.locked()]
-                if idle:
-                    w = idle[0]
-                    self._warm = {k: v for k, v in self._warm.items() if v is not w}
-                    w.retire()
-            try:
-                return self._slots.get(timeout=timeout)
-            except queue.Empty:
-                raise SandboxError("<sandbox>", f"no free sandbox slot within {timeout:g} s") from None
+            raise SandboxError("<sandbox>", f"no free sandbox slot within {timeout:g} s") from None
 
     def _release_slot(self, slot: _Slot) -> None:
         z = self._zyg

@@ -184,3 +184,20 @@ def test_plugin_dir_is_readable_but_not_writable(executor):
     r = run(executor, "escape_write", target=str(PLUGINS / "hostile" / "pwned.txt")).result
     assert not (PLUGINS / "hostile" / "pwned.txt").exists()
     assert r["inside"]["ok"]
+
+
+def test_more_warm_plugins_than_slots_evicts_idle_workers():
+    from karen_hooks import PluginSpec
+
+    from .conftest import HOSTILE
+
+    ex = SandboxExecutor(slots=2)
+    try:
+        st = PluginSettings(mode="warm")
+        for i in range(4):  # 4 distinct warm plugins, 2 slots: each new one evicts an idle worker
+            spec = PluginSpec(name=f"w{i}", kind="directory", target="handler.py", path=HOSTILE.path,
+                              code_paths=HOSTILE.code_paths)
+            assert run(ex, "counter", settings=st, spec=spec, limits=Limits(wall_seconds=5)).result == 1
+        assert len(ex._warm) <= 2
+    finally:
+        ex.close()
