@@ -788,6 +788,10 @@ class SandboxExecutor:
 
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
         statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)
+        if self._root:
+            detail = f"unprivileged uid {self._uid_base} + slot number, one per slot (KAREN_SANDBOX_UID_BASE)"
+            statuses = [LayerStatus(st.name, st.active, detail) if st.name == "uid" and st.active else st
+                        for st in statuses]
         self._layer_status = statuses
         # every child-side layer that worked in the probe is demanded of every call's child:
         # if one cannot be applied later, the call fails instead of running with less isolation
