@@ -8,42 +8,47 @@ import dataclasses
 import json
 import subprocess
 import sys
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from ._cli_common import CliError, close_router, make_router, parse_params, parse_value, print_json, progress
+from ._cli_common import (
+    CliError,
+    close_router,
+    make_router,
+    parse_params,
+    parse_value,
+    print_json,
+    progress,
+    user_context,
+)
 from ._errors import PluginError, TemplateError
 from ._manager import PluginManager
 
-
-def _manager(args: argparse.Namespace) -> PluginManager:
-    return PluginManager(router=make_router(args))
+T = TypeVar("T")
 
 
-def _close(manager: PluginManager) -> None:
-    close_router(manager.router)
+def _call(args: argparse.Namespace, work: Callable[[PluginManager, dict[str, Any], dict[str, Any]], Coroutine[Any, Any, T]]) -> T:
+    """Build the host and the caller from the options, run ``work``, and close the sandbox workers.
 
-
-def _show_plugin_failure(args: argparse.Namespace, exc: PluginError) -> None:
-    """The plugin's own stderr (and, with --debug, its traceback) before the one-line error."""
-    if exc.stderr:
-        sys.stderr.write(exc.stderr if exc.stderr.endswith("\n") else exc.stderr + "\n")
-    if args.debug and exc.plugin_traceback:
-        sys.stderr.write(exc.plugin_traceback)
+    A plugin that failed has its own stderr (and, with --debug, its traceback) shown before the error line.
+    """
+    params = parse_params(args.param, args.params_json)
+    user = user_context(args.user, args.role, args.tenant)
+    manager = PluginManager(router=make_router(args))
+    try:
+        return asyncio.run(work(manager, params, user))
+    except PluginError as exc:
+        if exc.stderr:
+            sys.stderr.write(exc.stderr if exc.stderr.endswith("\n") else exc.stderr + "\n")
+        if args.debug and exc.plugin_traceback:
+            sys.stderr.write(exc.plugin_traceback)
+        raise
+    finally:
+        close_router(manager.router)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._cli_common import user_context
-
-    params = parse_params(args.param, args.params_json)
-    user = user_context(args.user, args.role, args.tenant)
-    manager = _manager(args)
-    try:
-        out = asyncio.run(manager.run_plugin(args.name, params, user, intent=args.intent))
-    except PluginError as exc:
-        _show_plugin_failure(args, exc)
-        raise
-    finally:
-        _close(manager)
+    out = _call(args, lambda manager, params, user: manager.run_plugin(args.name, params, user, intent=args.intent))
     if args.json:
         print_json(
             {
@@ -77,22 +82,12 @@ async def _render(manager: PluginManager, args: argparse.Namespace, params: dict
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
-    from ._cli_common import user_context
-
-    params = parse_params(args.param, args.params_json)
-    user = user_context(args.user, args.role, args.tenant)
-    manager = _manager(args)
     try:
-        rendered = asyncio.run(_render(manager, args, params, user))
-    except PluginError as exc:
-        _show_plugin_failure(args, exc)
-        raise
+        rendered = _call(args, lambda manager, params, user: _render(manager, args, params, user))
     except TemplateError as exc:
         if args.run or args.result_json is not None:
             raise
         raise CliError(f"{exc} (templates usually use the plugin's result: pass --run or --result-json)") from exc
-    finally:
-        _close(manager)
     print(rendered)
     return 0
 
