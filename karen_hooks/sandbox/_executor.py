@@ -599,6 +599,11 @@ class _Worker:
             ok = ex.reply.get("ok") is True
             if not ok or self.calls >= self.max_calls:
                 self.retire(background=True)
+            elif cg is not None and self.mode == "warm":
+                # nothing the call started may outlive it, even though the worker stays
+                worker = self.zyg.wait_for(self.id, "started", 0)
+                if worker is not None:
+                    cg.kill_others(int(worker["pid"]))
             try:
                 result = _from_reply(self.spec.name, ex.reply, ex, hit)
             except BaseException:

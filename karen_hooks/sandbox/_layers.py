@@ -8,6 +8,7 @@ cgroup (v1 or v2) for memory and pids, a size-capped tmpfs work dir.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -312,13 +313,22 @@ class CgroupSlot:
 
     def pids(self) -> set[int]:
         found: set[int] = set()
-        for f in self.procs_files:
+        # every process joins all the slot's controllers; the pids one is enough to list them
+        files = [os.path.join(self.dirs["pids"], "cgroup.procs")] if "pids" in self.dirs else self.procs_files
+        for f in files:
             try:
                 with open(f) as fh:
                     found.update(int(x) for x in fh.read().split())
             except (OSError, ValueError):
                 pass
         return found
+
+    def kill_others(self, keep: int) -> None:
+        """Kill every process in the slot except ``keep`` (a warm worker between calls)."""
+        for pid in self.pids():
+            if pid != keep:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def kill_once(self) -> None:
         """One SIGKILL pass over the slot (the caller's return is not delayed by exits)."""

@@ -149,6 +149,20 @@ def test_warm_mode_reuses_and_recycles(executor):
     assert out.stdout == "to stdout\n" and out.stderr == "to stderr\n"  # output is per call
 
 
+def test_warm_mode_daemon_does_not_outlive_its_call(executor, layers):
+    from .conftest import alive, need
+
+    need(layers, "cgroup_pids")
+    st = PluginSettings(mode="warm", warm_max_calls=50)
+    daemon = run(executor, "daemon", settings=st).result["daemon"]
+    for _ in range(200):
+        if not alive(daemon):
+            break
+        threading.Event().wait(0.01)
+    assert not alive(daemon)
+    assert run(executor, "counter", settings=st).result == 2  # the worker itself survived
+
+
 def test_fork_mode_is_fresh_each_call(executor):
     assert [run(executor, "counter").result for _ in range(3)] == [1, 1, 1]
 
