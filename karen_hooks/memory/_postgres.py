@@ -4,10 +4,11 @@ psycopg 3 with a ``psycopg_pool`` connection pool. The table (default
 ``karen_memories``) is created or migrated on first use under a transaction
 advisory lock, so many hosts may start at once.
 
-Ranking: ``ts_rank_cd(tsv, q)`` (cover density, no length normalisation) where
-``tsv`` is a stored ``to_tsvector('simple', query)`` column with a GIN index
-and ``q`` ORs the quoted words of the read query; then ``created_at``
-descending, then insertion order descending.
+Ranking: ``ts_rank_cd(terms, q)`` (cover density, no length normalisation)
+where ``terms`` holds each word of the record's query text as a tenant-scoped
+and a user-scoped lexeme (GIN-indexed, so a search walks only its own scope's
+postings) and ``q`` ORs the read query's words in the same scope; then
+``created_at`` descending, then insertion order descending.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
-from ._records import MemoryRecord, tokenize
+from ._records import MemoryRecord, scope_keys, tokenize, words
 
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
@@ -35,15 +36,32 @@ _MIGRATIONS: list[str] = [
         plugin text,
         created_at double precision NOT NULL,
         expires_at double precision,
-        tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, query)) STORED
+        terms tsvector NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS {t}_tsv ON {t} USING gin (tsv);
+    CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms);
     CREATE INDEX IF NOT EXISTS {t}_tenant_user_created ON {t} (tenant_id, user_id, created_at DESC);
     CREATE INDEX IF NOT EXISTS {t}_tenant_created ON {t} (tenant_id, created_at DESC);
     """,
 ]
 
 _COLUMNS = "id, tenant_id, user_id, query, payload, plugin, created_at, expires_at"
+
+
+def insert_sql(table: str) -> str:
+    return (
+        f"INSERT INTO {table} (id, tenant_id, user_id, query, payload, plugin, created_at, expires_at, terms)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS tsvector))"
+    )
+
+
+def search_sql(table: str, by_user: bool) -> str:
+    """The ranked search: params (tsquery literal, tenant_id, [user_id], now, limit)."""
+    user_sql = " AND user_id = %s" if by_user else ""
+    return (
+        f"SELECT {_COLUMNS} FROM {table}, CAST(%s AS tsquery) q"
+        f" WHERE terms @@ q AND tenant_id = %s{user_sql} AND (expires_at IS NULL OR expires_at > %s)"
+        " ORDER BY ts_rank_cd(terms, q) DESC, created_at DESC, pk DESC LIMIT %s"
+    )
 
 
 def _import() -> tuple[Any, Any]:
@@ -57,9 +75,34 @@ def _import() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
-def tsquery_text(words: list[str]) -> str:
-    """A ``to_tsquery`` argument ORing the words, each as a quoted lexeme (words hold no quotes)."""
-    return " | ".join("'" + w.replace("'", "''").replace("\\", "\\\\") + "'" for w in words)
+def _lexeme(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def tsvector_text(record: MemoryRecord) -> str:
+    """The record's ``terms``: each word as a tenant- and a user-scoped lexeme, with its positions.
+
+    A ``tsvector`` literal (cast, never parsed by a text-search configuration),
+    so stored lexemes and queried lexemes are exactly the words
+    :func:`karen_hooks.memory.tokenize` makes, prefixed by
+    :func:`karen_hooks.memory._records.scope_keys`.
+    """
+    tk, uk = scope_keys(record.tenant_id, record.user_id)
+    positions: dict[str, list[int]] = {}
+    for i, w in enumerate(words(record.query), start=1):
+        ps = positions.setdefault(w, [])
+        if len(ps) < 256:  # PostgreSQL keeps at most 256 positions per lexeme, each <= 16383
+            ps.append(min(i, 16383))
+    return " ".join(
+        f"{_lexeme(key + w)}:{','.join(map(str, sorted(set(ps))))}" for w, ps in positions.items() for key in (tk, str(uk))
+    )
+
+
+def tsquery_text(tenant_id: str, user_id: str | None, query_words: list[str]) -> str:
+    """A ``tsquery`` literal ORing the scope-prefixed words (user scope when ``user_id`` is given)."""
+    tk, uk = scope_keys(tenant_id, user_id)
+    key = tk if uk is None else uk
+    return " | ".join(_lexeme(key + w) for w in query_words)
 
 
 class PostgresBackend(MemoryBackend):
@@ -127,13 +170,11 @@ class PostgresBackend(MemoryBackend):
         if not records:
             return
         rows = [
-            (r.id, r.tenant_id, r.user_id, r.query, r.payload_json(), r.plugin, r.created_at, r.expires_at)
+            (r.id, r.tenant_id, r.user_id, r.query, r.payload_json(), r.plugin, r.created_at, r.expires_at,
+             tsvector_text(r))
             for r in records
         ]
-        sql = (
-            f"INSERT INTO {self.table} (id, tenant_id, user_id, query, payload, plugin, created_at, expires_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-        )
+        sql = insert_sql(self.table)
 
         def go(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
@@ -145,17 +186,13 @@ class PostgresBackend(MemoryBackend):
         self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
     ) -> list[MemoryRecord]:
         limit = check_limit(limit)
-        words = tokenize(query)
+        query_words = tokenize(query)
         user_sql = " AND user_id = %s" if user_id is not None else ""
         user_args: tuple[Any, ...] = (user_id,) if user_id is not None else ()
         live = " AND (expires_at IS NULL OR expires_at > %s)"
-        if words:
-            sql = (
-                f"SELECT {_COLUMNS} FROM {self.table}, to_tsquery('simple'::regconfig, %s) q"
-                f" WHERE tsv @@ q AND tenant_id = %s{user_sql}{live}"
-                " ORDER BY ts_rank_cd(tsv, q) DESC, created_at DESC, pk DESC LIMIT %s"
-            )
-            args: tuple[Any, ...] = (tsquery_text(words), tenant_id, *user_args, now, limit)
+        if query_words:
+            sql = search_sql(self.table, user_id is not None)
+            args: tuple[Any, ...] = (tsquery_text(tenant_id, user_id, query_words), tenant_id, *user_args, now, limit)
         else:
             sql = (
                 f"SELECT {_COLUMNS} FROM {self.table} WHERE tenant_id = %s{user_sql}{live}"

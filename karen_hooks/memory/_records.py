@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 import time
@@ -63,6 +65,22 @@ def check_id(value: Any, what: str) -> str:
     if len(value) > MAX_ID_LENGTH or _CONTROL.search(value):
         raise TenantError(f"{what} must be at most {MAX_ID_LENGTH} characters without control characters")
     return value
+
+
+def _key(*parts: str) -> str:
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def scope_keys(tenant_id: str, user_id: str | None) -> tuple[str, str | None]:
+    """The prefixes that make a word's index entry private to a tenant, and to one user of it.
+
+    The SQL backends index each stored word twice, as ``<tenant key><word>``
+    and ``<tenant+user key><word>``, so a search walks only the postings of
+    its own tenant (or user). A hash collision could only widen the candidate
+    set: every query also filters on the exact ``tenant_id`` (and ``user_id``).
+    """
+    return "t" + _key(tenant_id), None if user_id is None else "u" + _key(tenant_id, user_id)
 
 
 def new_id() -> str:

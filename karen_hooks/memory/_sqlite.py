@@ -6,13 +6,12 @@ one machine (WAL, ``BEGIN IMMEDIATE`` writes, a busy timeout).
 Ranking: FTS5 ``bm25()`` over the words of the record's query text (lower is
 better), then ``created_at`` descending, then insertion order descending.
 Words are indexed with a per-tenant and a per-user prefix (see
-:func:`scope_keys`), so a search walks only its own scope's postings and the
+:func:`karen_hooks.memory._records.scope_keys`), so a search walks only its own scope's postings and the
 term statistics bm25 uses are per tenant or per user.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 
 from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
-from ._records import MemoryRecord, tokenize, words
+from ._records import MemoryRecord, scope_keys, tokenize, words
 
 SCHEMA_VERSION = 1
 
@@ -48,22 +47,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
 """
 
 _COLUMNS = "m.id, m.tenant_id, m.user_id, m.query, m.payload, m.plugin, m.created_at, m.expires_at"
-
-
-def _key(*parts: str) -> str:
-    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()
-
-
-def scope_keys(tenant_id: str, user_id: str | None) -> tuple[str, str | None]:
-    """The prefixes that make a word's index entry private to a tenant, and to one user of it.
-
-    Each stored word is indexed twice, as ``<tenant key><word>`` and
-    ``<tenant+user key><word>``, so a search only walks postings of its own
-    tenant (or user) and term statistics are per tenant. A hash collision
-    could only widen the candidate set: every query also filters on the exact
-    ``tenant_id`` (and ``user_id``) columns.
-    """
-    return "t" + _key(tenant_id), None if user_id is None else "u" + _key(tenant_id, user_id)
 
 
 def index_terms(record: MemoryRecord) -> tuple[str, str]:
