@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jsonschema
@@ -61,7 +62,21 @@ def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
             intent.name,
             [{"field": ".".join(str(p) for p in e.absolute_path) or _missing_field(e) or "params", "problem": e.message} for e in errors],
         )
-    return params
+    return _with_defaults(schema, params)
+
+
+def _with_defaults(schema: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Fill top-level ``default`` values, as the plugin's own pydantic model would.
+
+    Untrusted plugins' models stay in the sandbox, so the host validates their
+    JSON Schema; without this, a template rendered from ``params`` would miss
+    the defaults that ``karen_run`` sees.
+    """
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return params
+    missing = {k: sub["default"] for k, sub in props.items() if k not in params and isinstance(sub, dict) and "default" in sub}
+    return {**params, **copy.deepcopy(missing)} if missing else params
 
 
 def _missing_field(err: jsonschema.ValidationError) -> str | None:

@@ -169,3 +169,14 @@ def test_untrusted_plugin_runs_only_through_the_executor(manager, recorder) -> N
     assert (spec.name, hook) == ("marker", "karen_run")
     assert kwargs["ctx"] == {"user_id": "u1", "tenant_id": "acme", "roles": ["user"], "intent": "marker.x", "plugin": "marker"}
     assert "karen_test_marker" not in sys.modules
+
+
+def test_json_schema_defaults_are_filled_like_the_model_would(installed, recorder) -> None:
+    """Untrusted plugins' params are checked against their JSON Schema; defaults must not be lost."""
+    schema = {"type": "object", "properties": {"format": {"type": "string", "default": "iso"},
+                                               "tz": {"type": "string", "default": "UTC"}}}
+    forged = type(recorder)({"marker": [{"name": "marker.ping", "params": schema}]})
+    m = PluginManager(router=PluginRouter(settings(load_plugins=["marker"]), executor=forged))
+    run(m, "marker", {"tz": "Asia/Tokyo"}, USER)
+    assert forged.calls[-1][2]["params"] == {"tz": "Asia/Tokyo", "format": "iso"}
+    assert schema["properties"]["format"] == {"type": "string", "default": "iso"}
