@@ -312,16 +312,14 @@ class CgroupSlot:
         return {k for k, v in now.items() if v > self._base.get(k, 0)}
 
     def pids(self) -> set[int]:
-        found: set[int] = set()
-        # every process joins all the slot's controllers; the pids one is enough to list them
-        files = [os.path.join(self.dirs["pids"], "cgroup.procs")] if "pids" in self.dirs else self.procs_files
-        for f in files:
-            try:
-                with open(f) as fh:
-                    found.update(int(x) for x in fh.read().split())
-            except (OSError, ValueError):
-                pass
-        return found
+        """Every process in the slot (re-opened each time: cgroup v1 caches a list per open file)."""
+        ctrl = "pids" if "pids" in self.dirs else next(iter(self.dirs))
+        # every process joins all the slot's controllers; one list is enough
+        try:
+            with open(os.path.join(self.dirs[ctrl], "cgroup.procs"), "rb") as fh:
+                return {int(x) for x in fh.read().split()}
+        except (OSError, ValueError):
+            return set()
 
     def kill_others(self, keep: int) -> None:
         """Kill every process in the slot except ``keep`` (a warm worker between calls)."""
