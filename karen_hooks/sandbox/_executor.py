@@ -51,6 +51,7 @@ _MEMORY_METHODS = ("write", "read", "delete", "list")
 _FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
 _EXIT_WAIT = 1.0
 _MAX_MEMORY_RPCS = 1000
+_INLINE_REQUEST = 32 << 10
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
 _LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
 
@@ -300,13 +301,14 @@ class _Exchange:
 
 def _drive(
     ch: _Channel, request: dict[str, Any], limits: Limits, memory: MemoryBridge | None,
-    loop: asyncio.AbstractEventLoop | None, deadline: float,
+    loop: asyncio.AbstractEventLoop | None, deadline: float, send: bool = True,
 ) -> _Exchange:
-    """Send ``request`` and pump the channel until a reply, a limit, a crash or the deadline."""
+    """Send ``request`` (unless it went with the activation) and pump the channel until a reply,
+    a limit, a crash or the deadline."""
     ex = _Exchange()
     streams = ch.streams
     frames = FrameBuffer(limits.reply_bytes)
-    outbuf = bytearray(encode(request))
+    outbuf = bytearray(encode(request)) if send else bytearray()
     sel = ch.sel
     want_write = False
     rpcs = 0
@@ -518,7 +520,7 @@ class _Worker:
     """One sandbox child (a fork-per-call child, or a warm worker serving many calls)."""
 
     def __init__(self, ex: SandboxExecutor, spec: PluginSpec, settings: PluginSettings, limits: Limits,
-                 mode: str) -> None:
+                 mode: str, first: dict[str, Any] | None = None) -> None:
         self.ex = ex
         self.spec = spec
         self.limits = limits
@@ -532,6 +534,8 @@ class _Worker:
         self.workdir = ""
         self.mounted = False
         self.ch: _Channel | None = None
+        # a small first request travels with the activation message (one round trip less)
+        self.first = first if first is not None and len(encode(first)) <= _INLINE_REQUEST else None
         try:
             self._start(settings)
         except BaseException:
@@ -563,6 +567,8 @@ class _Worker:
             "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
             "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
         }
+        if self.first is not None:
+            cfg["first_request"] = self.first
         hs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -586,11 +592,12 @@ class _Worker:
             loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
         assert self.ch is not None
         self.calls += 1
-        request = {"op": "call", "hook": hook, "kwargs": kwargs}
+        inline, self.first = self.first, None
+        request = inline if inline is not None else {"op": "call", "hook": hook, "kwargs": kwargs}
         cg = self.slot.cg
         deadline = time.monotonic() + self.limits.wall_seconds
         try:
-            ex = _drive(self.ch, request, self.limits, memory, loop, deadline)
+            ex = _drive(self.ch, request, self.limits, memory, loop, deadline, send=inline is None)
         except BaseException:  # never reuse a worker whose exchange broke half-way
             self.retire(background=True)
             raise
@@ -883,7 +890,7 @@ class SandboxExecutor:
         except (TypeError, ValueError) as exc:
             raise SandboxError(spec.name, f"call arguments are not JSON data: {exc}") from None
         if settings.mode != "warm":
-            w = _Worker(self, spec, settings, limits, "fork")
+            w = _Worker(self, spec, settings, limits, "fork", {"op": "call", "hook": hook, "kwargs": kwargs})
             try:
                 return w.run(hook, kwargs, memory, loop)
             finally:
