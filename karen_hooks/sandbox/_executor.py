@@ -300,15 +300,15 @@ class _Exchange:
 
 
 def _drive(
-    ch: _Channel, request: dict[str, Any], limits: Limits, memory: MemoryBridge | None,
-    loop: asyncio.AbstractEventLoop | None, deadline: float, send: bool = True,
+    ch: _Channel, request: bytes, limits: Limits, memory: MemoryBridge | None,
+    loop: asyncio.AbstractEventLoop | None, deadline: float,
 ) -> _Exchange:
     """Send ``request`` (unless it went with the activation) and pump the channel until a reply,
     a limit, a crash or the deadline."""
     ex = _Exchange()
     streams = ch.streams
     frames = FrameBuffer(limits.reply_bytes)
-    outbuf = bytearray(encode(request)) if send else bytearray()
+    outbuf = bytearray(request)  # empty when the request went with the activation
     sel = ch.sel
     want_write = False
     rpcs = 0
@@ -535,7 +535,7 @@ class _Worker:
         self.mounted = False
         self.ch: _Channel | None = None
         # a small first request travels with the activation message (one round trip less)
-        self.first = first if first is not None and len(encode(first)) <= _INLINE_REQUEST else None
+        self.first = first
         try:
             self._start(settings)
         except BaseException:
@@ -588,16 +588,15 @@ class _Worker:
             os.close(out_w)
             os.close(err_w)
 
-    def run(self, hook: str, kwargs: dict[str, Any], memory: MemoryBridge | None,
+    def run(self, encoded: bytes, memory: MemoryBridge | None,
             loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
         assert self.ch is not None
         self.calls += 1
         inline, self.first = self.first, None
-        request = inline if inline is not None else {"op": "call", "hook": hook, "kwargs": kwargs}
         cg = self.slot.cg
         deadline = time.monotonic() + self.limits.wall_seconds
         try:
-            ex = _drive(self.ch, request, self.limits, memory, loop, deadline, send=inline is None)
+            ex = _drive(self.ch, b"" if inline is not None else encoded, self.limits, memory, loop, deadline)
         except BaseException:  # never reuse a worker whose exchange broke half-way
             self.retire(background=True)
             raise
@@ -699,7 +698,7 @@ class SandboxExecutor:
         self._read_paths = _system_read_paths()
         self._required: list[str] = []
         self._layer_status: list[LayerStatus] = []
-        self._warm: dict[str, _Worker] = {}
+        self._warm: dict[Any, _Worker] = {}
         self._describe_cache: dict[Any, dict[str, Any]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
         self._cleaner = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="karen-sandbox-cleanup")
@@ -885,18 +884,18 @@ class SandboxExecutor:
     def _call_sync(self, spec: PluginSpec, hook: str, kwargs: dict[str, Any], settings: PluginSettings,
                    limits: Limits, memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None
                    ) -> CallOutcome:
+        request = {"op": "call", "hook": hook, "kwargs": kwargs}
         try:
-            json.dumps(kwargs, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            encoded = encode(request)  # validates once; the bytes are what goes on the wire
+        except (TypeError, ValueError, ProtocolError) as exc:
             raise SandboxError(spec.name, f"call arguments are not JSON data: {exc}") from None
         if settings.mode != "warm":
-            w = _Worker(self, spec, settings, limits, "fork", {"op": "call", "hook": hook, "kwargs": kwargs})
+            w = _Worker(self, spec, settings, limits, "fork", request if len(encoded) <= _INLINE_REQUEST else None)
             try:
-                return w.run(hook, kwargs, memory, loop)
+                return w.run(encoded, memory, loop)
             finally:
                 w.retire(background=True)
-        key = json.dumps([asdict(spec), sorted(settings.env.items()), limits.model_dump(),
-                          settings.warm_max_calls], sort_keys=True)
+        key = (spec, tuple(sorted(settings.env.items())), limits.model_dump_json(), settings.warm_max_calls)
         while True:
             with self._lock:
                 cur = self._warm.get(key)
@@ -913,7 +912,7 @@ class SandboxExecutor:
                 if w.dead:
                     continue
                 try:
-                    return w.run(hook, kwargs, memory, loop)
+                    return w.run(encoded, memory, loop)
                 finally:
                     if w.dead:
                         with self._lock:

@@ -215,3 +215,13 @@ def test_more_warm_plugins_than_slots_evicts_idle_workers():
         assert len(ex._warm) <= 2
     finally:
         ex.close()
+
+
+def test_non_json_arguments_never_reach_the_sandbox(executor):
+    from .conftest import HOSTILE
+
+    for mode in ("fork", "warm"):
+        with pytest.raises(SandboxError, match="not JSON data"):
+            executor.call_sync(HOSTILE, "karen_run", {"intent": "x", "params": {"o": object()}, "ctx": None},
+                               PluginSettings(mode=mode), Limits())
+    still_serves(executor)
