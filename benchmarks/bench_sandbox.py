@@ -94,6 +94,24 @@ def _idle_fraction(seconds: float = 1.0) -> float:
     return (i1 - i0) / max(1, t1 - t0)
 
 
+def _burn(n: int) -> float:
+    t = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t
+
+
+def machine_scaling(n: int = 3_000_000) -> float:
+    """How much two CPU-bound processes gain over one on this machine right now (2.0 = two free cores)."""
+    one = min(_burn(n) for _ in range(2))
+    with multiprocessing.Pool(2) as pool:
+        t = time.perf_counter()
+        pool.map(_burn, [n, n])
+        two = time.perf_counter() - t
+    return 2 * one / two
+
+
 def _pipe_echo(conn) -> None:  # type: ignore[no-untyped-def]
     while True:
         msg = conn.recv()
@@ -154,6 +172,7 @@ def main() -> int:
     proc.join(5)
 
     idle = _idle_fraction()
+    scaling = machine_scaling()
     zpid = ex._zygote().pid
     c0, n0 = _cpu_seconds(zpid), time.perf_counter()
     calls = 40
@@ -192,12 +211,14 @@ def main() -> int:
     print(f"warm-mode median             = {warmc:.3f} ms (target < 0.5 ms)")
     print(f"machine idle before the runs : {idle:.0%} of {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} (other work on the machine caps what 2 callers can gain)")
+    print(f"machine's own 2-process gain = {scaling:.2f}x for pure CPU work (the ceiling for the ratios below)")
     print(f"fork-per-call CPU per call   = {cpu_per_call * 1000:.1f} ms (host + zygote + children), so at most "
           f"{(os.cpu_count() or 1) / cpu_per_call:.0f} calls/s on {os.cpu_count()} idle CPUs")
     print(f"fork-per-call throughput     : 1 caller {one:.1f}/s, 2 callers {two:.1f}/s = {two / one:.2f}x (target >= 1.7x)")
     print(f"warm-mode throughput         : 1 caller {warm_one:.1f}/s, 2 callers {warm_two:.1f}/s = "
           f"{warm_two / warm_one:.2f}x")
     results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "idle_fraction": idle,
+               "machine_2proc_scaling": scaling,
                "fork_cpu_ms_per_call": cpu_per_call * 1000, "throughput": {
         "fork_1": one, "fork_2": two, "fork_ratio": two / one, "warm_1": warm_one, "warm_2": warm_two,
         "warm_ratio": warm_two / warm_one}}
