@@ -289,8 +289,12 @@ def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: in
             write_frame(PROTO_FD, {"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
         finally:
             os._exit(70)
+    env = cfg.get("env", {})
+    if cfg.get("env_via_channel"):
+        msg = read_frame(PROTO_FD, 1 << 20)
+        env = msg.get("env", {}) if msg is not None and msg.get("op") == "env" else {}
     os.environ.clear()
-    os.environ.update(cfg.get("env", {}))
+    os.environ.update({str(k): str(v) for k, v in env.items()})
     aliases = z.aliases
     cfg["_aliases"] = aliases
     sys.path[:] = [_rewrite(p, aliases) for p in list(cfg.get("code_paths", ())) + sys.path]

@@ -536,6 +536,7 @@ class _Worker:
         self.ch: _Channel | None = None
         # a small first request travels with the activation message (one round trip less)
         self.first = first
+        self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
         try:
             self._start(settings)
         except BaseException:
@@ -578,11 +579,17 @@ class _Worker:
             fds = [cs.fileno(), out_w, err_w]
             sb = self.zyg.take_standby(slot.index)
             if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
+                # Through the zygote: it must never hold a plugin's env or a caller's params
+                # (every later child is forked from its memory), so those go over the channel.
+                zcfg = {k: v for k, v in cfg.items() if k not in ("env", "first_request")}
+                zcfg["env_via_channel"] = True
+                self.pre = encode({"op": "env", "env": cfg["env"]})
+                self.first = None
                 try:
-                    self.zyg.spawn(self.id, slot.index, cfg, fds)
+                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
                 except OSError:
                     self.zyg = ex._zygote(replace=self.zyg)
-                    self.zyg.spawn(self.id, slot.index, cfg, fds)
+                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
         finally:
             cs.close()
             os.close(out_w)
@@ -596,7 +603,8 @@ class _Worker:
         cg = self.slot.cg
         deadline = time.monotonic() + self.limits.wall_seconds
         try:
-            ex = _drive(self.ch, b"" if inline is not None else encoded, self.limits, memory, loop, deadline)
+            pre, self.pre = self.pre, b""
+            ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline)
         except BaseException:  # never reuse a worker whose exchange broke half-way
             self.retire(background=True)
             raise

@@ -387,3 +387,32 @@ def test_memory_call_flood_is_capped(executor):
 
     assert run(executor, "memory_flood", memory=Bridge()).result == 500
     assert Bridge.calls == 1000
+
+
+def _memory_contains(pid: int, needle: bytes) -> bool:
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addr, perms = line.split()[:2]
+            if not perms.startswith("rw"):
+                continue
+            lo, hi = (int(x, 16) for x in addr.split("-"))
+            try:
+                mem.seek(lo)
+                if needle in mem.read(hi - lo):
+                    return True
+            except (OSError, OverflowError, ValueError):
+                continue
+    return False
+
+
+def test_zygote_never_holds_a_plugins_env_or_params(executor, monkeypatch):
+    """Every child is forked from the zygote, so a secret in its memory would reach every plugin."""
+    if os.geteuid() != 0:
+        pytest.skip("reading the zygote's memory needs root")
+    z = executor._zygote()
+    monkeypatch.setattr(z, "take_standby", lambda slot: None)  # force the path through the zygote
+    r = run(executor, "echo", settings=PluginSettings(env={"API_KEY": "zyg0te-s3cret-value"}),
+            note="par4ms-s3cret").result
+    assert r["env"] == {"API_KEY": "zyg0te-s3cret-value"} and r["params"]["note"] == "par4ms-s3cret"
+    assert not _memory_contains(z.pid, b"zyg0te-s3cret-value")
+    assert not _memory_contains(z.pid, b"par4ms-s3cret")
