@@ -76,7 +76,7 @@ class Limits(BaseModel):
 class PluginSettings(BaseModel):
     """Operator settings for one plugin, under ``[plugins.NAME]``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     trusted: bool = False
     ui_trusted: bool = False
@@ -87,6 +87,10 @@ class PluginSettings(BaseModel):
     mode: Literal["fork", "warm"] = "fork"
     warm_max_calls: int = Field(100, gt=0)
     remember: bool = True
+
+
+# Shared by every unconfigured plugin; PluginSettings is frozen, so nobody can change it for all.
+_DEFAULT_PLUGIN_SETTINGS = PluginSettings()
 
 
 class Settings(BaseModel):
@@ -112,7 +116,9 @@ class Settings(BaseModel):
     plugins: dict[str, PluginSettings] = Field(default_factory=dict)
 
     def plugin(self, name: str) -> PluginSettings:
-        return self.plugins.get(name) or PluginSettings()
+        """``[plugins.NAME]``, or the defaults (one shared instance: this is on every call's path)."""
+        found = self.plugins.get(name)
+        return found if found is not None else _DEFAULT_PLUGIN_SETTINGS
 
     def is_trusted(self, name: str) -> bool:
         return name in self.trusted_plugins or self.plugin(name).trusted
