@@ -237,7 +237,7 @@ def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
             return bare_conn.execute(read_sql, (tsquery_text(tenant, user, tokenize(text)), tenant, user, time.time(),
                                                 5)).fetchall()
 
-        bare = {"write": write, "read": read, "close": bare_conn.close}
+        bare: dict[str, Callable[..., Any]] = {"write": write, "read": read, "close": bare_conn.close}
         return _common(res, args, corpus, MemoryManager(backend=backend, settings=load_settings(environ={})), bare)
     finally:
         if not args.keep:

@@ -15,6 +15,8 @@ conformance suite every backend passes. See docs/memory.md.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._backend import MemoryBackend
 from ._inmemory import InMemoryBackend
 from ._manager import (
@@ -29,6 +31,9 @@ from ._manager import (
 from ._records import MemoryRecord, tokenize
 from ._select import default_memory_url, open_backend, redact_url
 from ._sqlite import SQLiteBackend
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresBackend
 
 
 def __getattr__(name: str) -> object:

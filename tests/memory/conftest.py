@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from karen_hooks.memory import InMemoryBackend, MemoryBackend, SQLiteBackend
+from karen_hooks.memory import InMemoryBackend, MemoryBackend, PostgresBackend, SQLiteBackend
 
 POSTGRES_DSN_ENV = "KAREN_TEST_POSTGRES_DSN"
 
@@ -24,10 +24,10 @@ def postgres_dsn() -> str:
     return dsn
 
 
-def make_postgres(**kw: object) -> MemoryBackend:
+def make_postgres() -> PostgresBackend:
     from karen_hooks.memory import PostgresBackend
 
-    return PostgresBackend(postgres_dsn(), table="karen_mem_test_" + uuid.uuid4().hex[:10], **kw)  # type: ignore[arg-type]
+    return PostgresBackend(postgres_dsn(), table="karen_mem_test_" + uuid.uuid4().hex[:10])
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
@@ -40,6 +40,6 @@ def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Memo
     else:
         backend = make_postgres()
     yield backend
-    if request.param == "postgresql":
-        backend.drop()  # type: ignore[attr-defined]
+    if isinstance(backend, PostgresBackend):
+        backend.drop()
     backend.close()

@@ -361,7 +361,7 @@ def test_many_processes_write_one_sqlite_file(tmp_path: Path) -> None:
 def test_many_processes_write_one_postgres_table() -> None:
     reader = make_postgres()
     try:
-        _run_processes(postgres_dsn(), reader.table, reader)  # type: ignore[attr-defined]
+        _run_processes(postgres_dsn(), reader.table, reader)
     finally:
-        reader.drop()  # type: ignore[attr-defined]
+        reader.drop()
         reader.close()

@@ -124,7 +124,7 @@ class FakeExecutor:
 def test_sandboxed_plugins_get_a_tenant_bound_bridge() -> None:
     s = load_settings(environ={}, load_plugins=[], plugin_dir=None)
     fake = FakeExecutor()
-    router = PluginRouter(s, executor=fake)  # type: ignore[arg-type]
+    router = PluginRouter(s, executor=fake)
     spec = PluginSpec(name="boxed", kind="entry_point", target="boxed")
     router._add(PluginInfo(name="boxed", spec=spec, intents=[Intent(name="boxed.do")], trusted=False,
                            sandboxed=True), None)
