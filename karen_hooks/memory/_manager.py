@@ -243,6 +243,10 @@ class MemoryManager:
             self._event("run_no_tenant", plugin=plugin)
             log.info("run of plugin %s intent %s not remembered: %s", plugin, intent, exc)
             return MemoryWriteStatus(ok=False, error=f"no tenant: {exc}")
+        except Exception as exc:  # e.g. an invalid user_ctx: reported, never raised
+            self._event("write_failed", plugin=plugin)
+            log.warning("run of plugin %s intent %s not remembered: %s", plugin, intent, _first_line(exc))
+            return MemoryWriteStatus(ok=False, error=_first_line(exc))
         try:
             values = _param_dict(params)
             summary = summarize(result)

@@ -221,6 +221,10 @@ def test_remember_run_opt_outs() -> None:
     assert m.remember_run(ALICE, "q", "i", {}, 1).ok
     no_tenant = mgr(None).remember_run(ALICE, "p", "i", {}, 1)
     assert not no_tenant.ok and "no tenant" in (no_tenant.error or "")
+    bad_ctx = mgr().remember_run({"roles": []}, "p", "i", {}, 1)
+    assert not bad_ctx.ok and "InvalidUserContext" in (bad_ctx.error or "")
+    unserialisable = mgr().remember_run(ALICE, "p", "i", {}, {1, 2})  # summarised with str(), still stored
+    assert unserialisable.ok
 
 
 # -- async twin --------------------------------------------------------------------
