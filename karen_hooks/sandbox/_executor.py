@@ -54,6 +54,7 @@ _MAX_MEMORY_RPCS = 1000
 _INLINE_REQUEST = 32 << 10
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
 _LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
+_WARNED: set[str] = set()
 
 
 @atexit.register
@@ -801,7 +802,7 @@ class SandboxExecutor:
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {}}
                 z = self._zyg = _Zygote(probe)
                 self._set_layers(z.layers)
-                for slot in list(self._slots.queue):
+                for slot in list(self._slots.queue):  # forked by the zygote in the background
                     z.prepare(slot)
             return z
 
@@ -824,7 +825,8 @@ class SandboxExecutor:
         if not self._reported:
             self._reported = True
             for s in statuses:
-                if not s.active:
+                if not s.active and s.name not in _WARNED:  # once per process and layer
+                    _WARNED.add(s.name)
                     log.warning("sandbox layer %s is MISSING on this machine: %s", s.name, s.detail)
                     warnings.warn(f"karen-hooks sandbox layer {s.name!r} is missing: {s.detail}",
                                   SandboxLayerWarning, stacklevel=3)

@@ -24,7 +24,10 @@ def test_format_doctor_flags_missing_layers():
     assert "MISSING" in table and "WARNING: 1 layer(s) missing: seccomp" in table
 
 
-def test_missing_layer_warns_loudly_at_startup(caplog):
+def test_missing_layer_warns_loudly_at_startup(caplog, monkeypatch):
+    from karen_hooks.sandbox import _executor
+
+    monkeypatch.setattr(_executor, "_WARNED", set())
     ex = SandboxExecutor(slots=1)
     try:
         fake = {"session": [True, ""], "rlimits": [True, ""], "uid": [True, ""], "netns": [True, ""],
