@@ -27,7 +27,7 @@ from .memory import MemoryManager, TenantMemory, UnavailableMemory
 log = logging.getLogger("karen_hooks.manager")
 
 
-class RunResult(tuple):  # type: ignore[type-arg]
+class RunResult(tuple[Any, str, str]):
     """``(result, stdout, stderr)`` — unpacks like the old API — plus details as attributes.
 
     ``plugin`` and ``intent`` name what ran; ``warnings`` lists problems that

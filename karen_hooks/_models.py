@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from ._errors import InvalidUserContext
 
@@ -67,46 +67,54 @@ class Intent(BaseModel):
         }
 
 
-_USER_KEYS = frozenset({"user_id", "roles", "tenant_id"})
+class _UserContextSchema(BaseModel):
+    """The rules for ``user_ctx``; used for the exact error messages when the fast check fails."""
 
-
-class UserContext(BaseModel):
-    """The validated caller: who is asking, with which roles, for which tenant."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow")
 
     user_id: StrictStr = Field(min_length=1)
     roles: list[StrictStr] = Field(default_factory=list)
     tenant_id: StrictStr | None = None
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """The validated caller: who is asking, with which roles, for which tenant.
+
+    A plain frozen dataclass rather than a pydantic model because it is built
+    on every call; :meth:`parse` validates with the same rules either way.
+    Other keys of ``user_ctx`` are ignored: nothing but these three is trusted.
+    """
+
+    user_id: str
+    roles: list[str] = field(default_factory=list)
+    tenant_id: str | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> UserContext:
         """Validate a ``user_ctx`` mapping; raise :class:`InvalidUserContext` naming each bad field."""
         if isinstance(raw, UserContext):
             return raw
-        # Fast path for the common well-formed dict (run on every call); anything
-        # else goes through pydantic for its exact error messages.
-        if type(raw) is dict and raw.keys() <= _USER_KEYS:
+        if type(raw) is dict:  # the fast check: the common well-formed dict
             uid, roles, tenant = raw.get("user_id"), raw.get("roles", []), raw.get("tenant_id")
             if (
                 type(uid) is str and uid
                 and type(roles) is list and all(type(r) is str for r in roles)
                 and (tenant is None or type(tenant) is str)
             ):
-                return cls.model_construct(user_id=uid, roles=list(roles), tenant_id=tenant)
+                return cls(uid, list(roles), tenant)
         if not isinstance(raw, dict):
             raise InvalidUserContext(
                 f"user_ctx must be a dict like {{'user_id': '123', 'roles': ['user']}}, got {type(raw).__name__}"
             )
         try:
-            return cls.model_validate(raw)
-        except Exception as exc:  # pydantic.ValidationError
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'user_ctx'}: {e['msg']}" for e in exc.errors()  # type: ignore[attr-defined]
-            )
+            checked = _UserContextSchema.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'user_ctx'}: {e['msg']}" for e in exc.errors())
             raise InvalidUserContext(
                 f"invalid user_ctx: {problems} (expected user_id: non-empty str, roles: list of str, tenant_id: str)"
             ) from None
+        return cls(checked.user_id, list(checked.roles), checked.tenant_id)
 
 
 @dataclass(frozen=True)
