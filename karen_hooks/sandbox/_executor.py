@@ -57,6 +57,28 @@ _LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
 _WARNED: set[str] = set()
 
 
+_SWEPT = False
+
+
+def _sweep_once() -> None:
+    """Once per process: remove what killed karen hosts left behind (mounts, dirs, cgroups)."""
+    global _SWEPT
+    if _SWEPT:
+        return
+    _SWEPT = True
+    roots = []
+    for ctrl in ("memory", "pids"):
+        own = (_layers._own_cgroup(ctrl) or "/").lstrip("/")
+        roots.append(os.path.join("/sys/fs/cgroup", ctrl, own))
+    try:
+        n = _layers.sweep_stale(tempfile.gettempdir(), roots)
+    except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the sandbox
+        log.warning("could not remove leftovers of killed sandbox hosts: %s", exc)
+        return
+    if n:
+        log.info("removed %d leftover(s) of killed sandbox hosts", n)
+
+
 @atexit.register
 def _close_all() -> None:
     """Unmount work dirs and remove cgroups of executors nobody closed."""
@@ -695,7 +717,9 @@ class SandboxExecutor:
         self._lock = threading.RLock()
         self._zyg: _Zygote | None = None
         self._closed = False
-        self._base = tempfile.mkdtemp(prefix="karen-sandbox-")
+        if self._root:
+            _sweep_once()
+        self._base = tempfile.mkdtemp(prefix=f"karen-sandbox-{os.getpid()}-")
         os.chmod(self._base, 0o711)
         self._cgroups = _layers.CgroupManager(f"karen-sandbox-{os.getpid()}-{secrets.token_hex(3)}")
         self._slots: queue.Queue[_Slot] = queue.Queue()

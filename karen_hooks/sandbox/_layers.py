@@ -237,7 +237,7 @@ class CgroupSlot:
         self.v2 = v2
         self._base: dict[str, int] = {}
         self._configured: tuple[int, int] | None = None
-        self.has_memsw = os.path.exists(os.path.join(dirs["memory"], "memory.memsw.limit_in_bytes"))
+        self.has_memsw = "memory" in dirs and os.path.exists(os.path.join(dirs["memory"], "memory.memsw.limit_in_bytes"))
 
     @property
     def procs_files(self) -> list[str]:
@@ -443,3 +443,70 @@ def mount_tmpfs(path: str, size_mb: int, uid: int, gid: int, inodes: int = 4096,
 
 def umount(path: str) -> None:
     _errcheck(_libc.umount2(path.encode(), 2), f"umount {path}")  # MNT_DETACH
+
+
+# ---------------------------------------------------------------- leftovers of killed hosts
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(tmp_root: str, cgroup_roots: list[str]) -> int:
+    """Remove work dirs, tmpfs mounts and cgroups left by karen hosts that were killed.
+
+    Names carry the creating host's pid (``karen-sandbox-<pid>-<random>``);
+    only resources whose host is gone are touched. Returns how many were removed.
+    """
+    import re
+    import shutil
+
+    name = re.compile(r"^karen-sandbox-(\d+)-")
+    removed = 0
+    mounts: list[str] = []
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = [line.split()[1] for line in fh]
+    except OSError:
+        pass
+    try:
+        entries = os.listdir(tmp_root)
+    except OSError:
+        entries = []
+    for entry in entries:
+        m = name.match(entry)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        base = os.path.join(tmp_root, entry)
+        for mp in mounts:
+            if mp.startswith(base + "/"):
+                with contextlib.suppress(OSError):
+                    umount(mp)
+        shutil.rmtree(base, ignore_errors=True)
+        removed += 1
+    for root in cgroup_roots:
+        try:
+            entries = os.listdir(root)
+        except OSError:
+            continue
+        for entry in entries:
+            m = name.match(entry)
+            if not m or _pid_alive(int(m.group(1))):
+                continue
+            top = os.path.join(root, entry)
+            for slot in sorted(os.listdir(top)) if os.path.isdir(top) else []:
+                d = os.path.join(top, slot)
+                if os.path.isdir(d):
+                    CgroupSlot({"x": d}, v2=False).kill_all(0.5)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d)
+            with contextlib.suppress(OSError):
+                os.rmdir(top)
+                removed += 1
+    return removed

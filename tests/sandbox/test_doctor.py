@@ -52,3 +52,36 @@ def test_required_layers_fail_closed(executor, layers):
     if not layers["landlock_fs"].active:
         pytest.skip(f"Landlock unavailable: {layers['landlock_fs'].detail}")
     assert "landlock" in executor._required and "seccomp" in executor._required
+
+
+def test_leftovers_of_a_killed_host_are_removed(tmp_path):
+    """A host killed with SIGKILL cannot clean up; the next sandbox start removes what it left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from karen_hooks.sandbox import _executor
+
+    if os.geteuid() != 0:
+        pytest.skip("tmpfs work dirs and cgroups exist only when the host runs as root")
+    script = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from tests.sandbox.conftest import run\n"
+        "from karen_hooks.sandbox import SandboxExecutor\n"
+        "ex = SandboxExecutor(slots=1); run(ex, 'echo')\n"
+        "print(ex._base, *ex._cgroups.roots.values(), flush=True); time.sleep(60)\n"
+    ) % str(__import__("pathlib").Path(__file__).parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        paths = proc.stdout.readline().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert paths and all(os.path.exists(p) for p in paths)
+    time.sleep(0.3)  # its zygote notices the host is gone and exits
+    _executor._SWEPT = False
+    ex = SandboxExecutor(slots=1)
+    ex.close()
+    assert not any(os.path.exists(p) for p in paths), paths
