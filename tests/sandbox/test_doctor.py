@@ -66,13 +66,14 @@ def test_leftovers_of_a_killed_host_are_removed(tmp_path):
 
     if os.geteuid() != 0:
         pytest.skip("tmpfs work dirs and cgroups exist only when the host runs as root")
+    repo = str(__import__("pathlib").Path(__file__).parents[2])
     script = (
-        "import sys, time; sys.path.insert(0, %r)\n"
+        f"import sys, time; sys.path.insert(0, {repo!r})\n"
         "from tests.sandbox.conftest import run\n"
         "from karen_hooks.sandbox import SandboxExecutor\n"
         "ex = SandboxExecutor(slots=1); run(ex, 'echo')\n"
         "print(ex._base, *ex._cgroups.roots.values(), flush=True); time.sleep(60)\n"
-    ) % str(__import__("pathlib").Path(__file__).parents[2])
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         paths = proc.stdout.readline().split()
