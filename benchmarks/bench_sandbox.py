@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def main() -> int:
     # two callers of two different warm plugins (a warm worker serves one call at a time)
     warm_two = throughput(warm_call, 2, args.seconds)
     ex.close()
+    shutil.rmtree(plugdir, ignore_errors=True)
 
     width = max(len(k) for k in rows)
     print(f"{'path'.ljust(width)}  median ms")
