@@ -111,6 +111,7 @@ class Settings(BaseModel):
     default_tenant: str | None = None
     memory_url: str | None = None
     remember_runs: bool = True
+    remember_params: bool = False
     role_inheritance: dict[str, list[str]] = Field(default_factory=lambda: {"admin": ["user"]})
     limits: Limits = Field(default_factory=Limits)
     plugins: dict[str, PluginSettings] = Field(default_factory=dict)
@@ -140,6 +141,7 @@ _BOOL_ENV = {
     "KAREN_TRACE_PLUGINS": "trace_plugins",
     "KAREN_AUDIT_PARAMS": "audit_params",
     "KAREN_REMEMBER_RUNS": "remember_runs",
+    "KAREN_REMEMBER_PARAMS": "remember_params",
 }
 
 

@@ -113,7 +113,7 @@ class MemoryManager:
         default_tenant: str | None = None,
         write_attempts: int = 3,
         retry_delay: float = 0.05,
-        remember_params: bool = False,
+        remember_params: bool | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.tenant_id = None if tenant_id is None else check_id(tenant_id, "tenant_id")
@@ -123,7 +123,8 @@ class MemoryManager:
             raise ValueError("write_attempts must be at least 1")
         self.write_attempts = write_attempts
         self.retry_delay = retry_delay
-        self.remember_params = remember_params
+        # None: the operator's setting (remember_params / KAREN_REMEMBER_PARAMS, default off)
+        self.remember_params = self.settings.remember_params if remember_params is None else remember_params
         self.backend: MemoryBackend = backend if backend is not None else open_backend(
             url or self.settings.memory_url, hook=hook
         )

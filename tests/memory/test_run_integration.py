@@ -135,3 +135,16 @@ def test_sandboxed_plugins_get_a_tenant_bound_bridge() -> None:
     assert isinstance(fake.memory, TenantMemory) and fake.memory.tenant_id == "tenant-a"
     assert [r.payload for r in memory.read(A, "sandbox")] == [{"via": "bridge"}]
     assert memory.read(B, "sandbox") == []
+
+
+def test_operator_setting_stores_param_values_redacted() -> None:
+    s = load_settings(environ={"KAREN_REMEMBER_PARAMS": "yes"}, load_plugins=[], plugin_dir=None)
+    memory = MemoryManager(backend=InMemoryBackend(), settings=s)
+    assert memory.remember_params is True
+    status = memory.remember_run(A, "p", "p.do", {"city": "Paris", "api_token": "s3cret"}, {"ok": 1})
+    assert status.ok
+    [record] = memory.read(A, "p.do")
+    assert record.payload["params"] == {"city": "Paris", "api_token": "***"}
+    off = MemoryManager(backend=InMemoryBackend(), settings=load_settings(environ={}))
+    off.remember_run(A, "p", "p.do", {"city": "Paris"}, {"ok": 1})
+    assert "params" not in off.read(A, "p.do")[0].payload
