@@ -115,7 +115,7 @@ class PluginManager:
         """Tenant-isolated memory: ``memory=`` when given, else opened from ``settings.memory_url``
         on first use (other URL schemes are offered to trusted plugins); ``None`` with ``memory=False``."""
         if self._memory is None:
-            trusted = list(self.router._callers.values())
+            trusted = list(self.router.trusted_callers().values())
             self._memory = MemoryManager(settings=self.settings, hook=trusted)
             if self.observer is not None:
                 self.observer.metrics.watch_memory(self._memory)

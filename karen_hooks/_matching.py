@@ -197,8 +197,8 @@ def find_matcher(router: Any) -> Any:
     Plugins are asked in name order; the answer is cached on the router until
     the set of trusted plugins changes (``discover()`` again).
     """
-    callers = getattr(router, "_callers", {})
-    key = tuple(sorted(callers))
+    callers = router.trusted_callers()
+    key = tuple(callers)
     cached = getattr(router, "_karen_matcher", None)
     if cached is not None and cached[0] == key:
         return cached[1]

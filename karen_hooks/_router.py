@@ -275,6 +275,14 @@ class PluginRouter:
         """OpenAI-style tool definitions for every intent the caller may use."""
         return router_tool_schemas(self, user_ctx)
 
+    def trusted_callers(self) -> dict[str, pluggy.PluginManager]:
+        """Name -> pluggy manager of each in-host (trusted) plugin, sorted by name.
+
+        For host-extension hooks (memory backends, intent matchers), which are
+        never collected from sandboxed plugins.
+        """
+        return {name: self._callers[name] for name in sorted(self._callers)}
+
     def _hook_caller(self, name: str) -> pluggy.PluginManager | None:
         """The in-host pluggy manager of a trusted plugin (``None`` for sandboxed ones)."""
         return self._callers.get(name)
