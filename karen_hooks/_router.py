@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import types
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,9 @@ class PluginRouter:
         """
         caller = register(name, obj)
         intents = _validate_intents(name, caller.hook.karen_intent())
-        spec = PluginSpec(name=name, kind="entry_point", target=f"{type(obj).__module__}:{name}")
+        # A module names itself; an object names the module its class comes from (for its templates/).
+        module = obj.__name__ if isinstance(obj, types.ModuleType) else type(obj).__module__
+        spec = PluginSpec(name=name, kind="entry_point", target=module)
         info = PluginInfo(name=name, spec=spec, intents=intents, trusted=True, sandboxed=False,
                           ui_trusted=self.settings.plugin(name).ui_trusted)
         self._add(info, caller)

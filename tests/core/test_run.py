@@ -180,3 +180,15 @@ def test_json_schema_defaults_are_filled_like_the_model_would(installed, recorde
     run(m, "marker", {"tz": "Asia/Tokyo"}, USER)
     assert forged.calls[-1][2]["params"] == {"tz": "Asia/Tokyo", "format": "iso"}
     assert schema["properties"]["format"] == {"type": "string", "default": "iso"}
+
+
+def test_register_plugin_module_and_object(recorder) -> None:
+    import karen_plugin_time_query as tq
+
+    router = PluginRouter(settings(load_plugins=[]), executor=recorder)
+    info = router.register_plugin(tq, "clock")
+    assert info.trusted and not info.sandboxed and info.spec.target == "karen_plugin_time_query"
+    result, _, _ = asyncio.run(PluginManager(router=router).run_plugin("clock", {"format": "unix"}, USER))
+    assert isinstance(result["time"], int)
+    with pytest.raises(ValueError, match="already provided by plugin 'clock'"):
+        router.register_plugin(tq, "clock2")
