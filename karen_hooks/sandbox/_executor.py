@@ -1,4 +1,8 @@
-"""Host side of the sandbox: the zygote handle, slots, the per-call I/O loop."""
+"""The public :class:`SandboxExecutor`: setup, slots handed to calls, warm workers, shutdown.
+
+The zygote handle lives in :mod:`._zygote_handle`, slots and their tmpfs in :mod:`._slots`,
+one sandbox process in :mod:`._worker` and one call's I/O loop in :mod:`._call`.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +10,35 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import inspect
 import itertools
 import json
 import logging
 import os
 import queue
 import secrets
-import selectors
 import shutil
-import signal
 import socket
-import struct
-import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
-import time
 import warnings
 import weakref
-from dataclasses import asdict
 from typing import Any
 
 from .._config import Limits, PluginSettings
-from .._errors import InvalidResult, LimitExceeded, PluginError, PluginTimeout, SandboxError
+from .._errors import SandboxError
 from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
 from . import _layers
 from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
-from ._protocol import FrameBuffer, FrameTooLargeError, ProtocolError, encode
+from ._protocol import ProtocolError, encode
+from ._slots import _Slot, _system_read_paths, probe_tmpfs
+from ._worker import _Worker
+from ._zygote_handle import _Zygote
 
 log = logging.getLogger("karen_hooks.sandbox")
 
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[2]); "
-    "from karen_hooks.sandbox._zygote import main; main(int(sys.argv[1]))"
-)
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_PKG_DIR = os.path.join(_PKG_ROOT, "karen_hooks")
-_LIMIT_NAMES = {"cpu", "memory", "processes", "open_files", "file_size", "stdout", "stderr", "reply_size"}
-_MEMORY_METHODS = ("write", "read", "delete", "list")
-_FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
-_EXIT_WAIT = 1.0
-_MAX_MEMORY_RPCS = 1000
 _INLINE_REQUEST = 32 << 10
-_SIGNAMES = {int(s): s.name for s in signal.Signals}
 _LIVE: weakref.WeakSet[SandboxExecutor] = weakref.WeakSet()
 _WARNED: set[str] = set()
 
@@ -87,617 +73,6 @@ def _close_all() -> None:
             ex.close()
 
 
-def _system_read_paths() -> list[str]:
-    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths |= {_PKG_DIR}
-    paths |= {"/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache",
-              "/etc/localtime", "/usr/share/zoneinfo", "/dev/urandom", "/dev/zero"}
-    return sorted(p for p in paths if os.path.exists(p))
-
-
-class _Zygote:
-    """One exec'd zygote process and the thread reading its control socket."""
-
-    def __init__(self, probe_cfg: dict[str, Any]) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        debug = os.environ.get("KAREN_SANDBOX_DEBUG") == "1"
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT, str(child.fileno()), _PKG_ROOT],
-                env={}, close_fds=True, pass_fds=(child.fileno(),), start_new_session=True, cwd="/",
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=None if debug else subprocess.DEVNULL,
-            )
-        finally:
-            child.close()
-        self.ctrl = parent
-        # a wedged zygote must not block the host: sends time out (and the zygote is replaced)
-        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
-        self.pid = self.proc.pid
-        self._send_lock = threading.Lock()
-        self._pending: dict[str, dict[str, Any]] = {}
-        # slot -> (pid, socket) of its pre-forked standby child
-        self.standby: dict[int, tuple[int, socket.socket]] = {}
-        self._by_pid: dict[int, str] = {}
-        self._cond = threading.Condition()
-        self.alive = True
-        parent.settimeout(30)
-        try:
-            parent.send(json.dumps({"probe": probe_cfg}).encode())
-            hello = json.loads(parent.recv(1 << 20).decode())
-        except (OSError, ValueError) as exc:
-            self.kill()
-            raise SandboxError("<sandbox>", f"the sandbox zygote did not start: {exc}") from None
-        parent.settimeout(None)
-        self.layers: dict[str, list[Any]] = hello.get("layers", {})
-        self._reader = threading.Thread(target=self._read_loop, name="karen-zygote-reader", daemon=True)
-        self._reader.start()
-
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1 << 16, 1)
-            except OSError:
-                data, fds = b"", []
-            if not data:
-                for fd in fds:
-                    os.close(fd)
-                break
-            try:
-                msg = json.loads(data.decode())
-            except ValueError:
-                msg = {}
-            if msg.get("op") == "prepared" and len(fds) == 1:
-                os.set_inheritable(fds[0], False)
-                sock = socket.socket(fileno=fds[0])
-                with self._cond:
-                    old = self.standby.pop(int(msg.get("slot", -1)), None)
-                    self.standby[int(msg.get("slot", -1))] = (int(msg.get("pid", 0)), sock)
-                if old is not None:
-                    old[1].close()
-                continue
-            for fd in fds:
-                os.close(fd)
-            with self._cond:
-                cid = str(msg.get("id"))
-                if cid.startswith("standby:"):
-                    cid = self._by_pid.get(int(msg.get("pid", 0)), cid)
-                rec = self._pending.get(cid)
-                if rec is not None:
-                    rec[str(msg.get("op"))] = msg
-                    self._cond.notify_all()
-        with self._cond:
-            self.alive = False
-            self._cond.notify_all()
-        with contextlib.suppress(Exception):
-            self.proc.wait(timeout=5)
-
-    def take_standby(self, slot: int) -> tuple[int, socket.socket] | None:
-        with self._cond:
-            return self.standby.pop(slot, None)
-
-    def register(self, call_id: str, pid: int) -> None:
-        """A standby child now serves ``call_id``: route its exit status there."""
-        with self._cond:
-            self._pending[call_id] = {"started": {"pid": pid}}
-            self._by_pid[pid] = call_id
-
-    def prepare(self, slot: _Slot) -> None:
-        """Ask for a standby child for ``slot`` (forked and placed in its cgroup ahead of time)."""
-        procs = slot.cg.procs_files if slot.cg is not None else []
-        with contextlib.suppress(OSError), self._send_lock:
-            self.ctrl.send(json.dumps({"op": "prepare", "slot": slot.index, "cgroup_procs": procs}).encode())
-
-    def spawn(self, call_id: str, slot: int, cfg: dict[str, Any], fds: list[int]) -> None:
-        with self._cond:
-            self._pending[call_id] = {}
-        data = json.dumps({"op": "spawn", "id": call_id, "slot": slot, "cfg": cfg}).encode()
-        with self._send_lock:
-            socket.send_fds(self.ctrl, [data], fds)
-
-    def wait_for(self, call_id: str, op: str, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                rec = self._pending.get(call_id, {})
-                if op in rec:
-                    return rec[op]
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.alive:
-                    return rec.get(op)
-                self._cond.wait(left)
-
-    def forget(self, call_id: str) -> None:
-        with self._cond:
-            rec = self._pending.pop(call_id, None)
-            pid = (rec or {}).get("started", {}).get("pid")
-            if pid is not None and self._by_pid.get(pid) == call_id:
-                del self._by_pid[pid]
-
-    def kill_call(self, call_id: str) -> None:
-        with self._cond:
-            pid = self._pending.get(call_id, {}).get("started", {}).get("pid")
-        with contextlib.suppress(OSError), self._send_lock:
-            self.ctrl.send(json.dumps({"op": "kill", "id": call_id, "pid": pid}).encode())
-
-    def kill(self) -> None:
-        self.alive = False
-        with self._cond:
-            standby, self.standby = list(self.standby.values()), {}
-        for _pid, sock in standby:  # a standby exits when its socket closes
-            sock.close()
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        with contextlib.suppress(Exception):
-            self.proc.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            self.ctrl.close()
-
-
-class _Slot:
-    def __init__(self, index: int, uid: int, gid: int, cg: _layers.CgroupSlot | None) -> None:
-        self.index = index
-        self.uid = uid
-        self.gid = gid
-        self.cg = cg
-        self.tmpfs = ""  # this slot's size-capped tmpfs; each call gets a fresh dir in it
-        self.tmpfs_mb = 0
-
-
-class _Stream:
-    """A capped reader of one output pipe; never holds more than ``cap`` bytes."""
-
-    def __init__(self, name: str, cap: int) -> None:
-        self.name = name
-        self.cap = cap
-        self.buf = bytearray()
-        self.eof = False
-        self.over = False
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            self.eof = True
-            return
-        room = self.cap - len(self.buf)
-        if len(data) > room:
-            self.over = True
-            data = data[: max(room, 0)]
-        self.buf += data
-
-    def drain(self, fd: int) -> None:
-        """Read whatever is in the pipe now (data written before the reply is all there)."""
-        while not self.eof and not self.over:
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            self.feed(data)
-
-    def take(self) -> str:
-        text = bytes(self.buf).decode("utf-8", "replace")
-        self.buf.clear()
-        return text
-
-
-class _Channel:
-    """Host end of one sandbox child: protocol socket + stdout/stderr pipes."""
-
-    def __init__(self, sock: socket.socket, out_r: int, err_r: int, limits: Limits) -> None:
-        self.sock = sock
-        self.out_r = out_r
-        self.err_r = err_r
-        sock.setblocking(False)
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        self.streams = {out_r: _Stream("stdout", limits.stdout_bytes), err_r: _Stream("stderr", limits.stderr_bytes)}
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(sock, selectors.EVENT_READ)
-        for fd in self.streams:
-            self.sel.register(fd, selectors.EVENT_READ)
-        self.sock_open = True
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sel.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        for fd in (self.out_r, self.err_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-class _Exchange:
-    """The result of driving one request through a channel."""
-
-    def __init__(self) -> None:
-        self.reply: dict[str, Any] | None = None
-        self.setup_error: str | None = None
-        self.timed_out = False
-        self.limit: tuple[str, str] | None = None
-        self.protocol_error: str | None = None
-        self.eof = False
-        self.stdout = ""
-        self.stderr = ""
-
-
-def _drive(
-    ch: _Channel, request: bytes, limits: Limits, memory: MemoryBridge | None,
-    loop: asyncio.AbstractEventLoop | None, deadline: float,
-) -> _Exchange:
-    """Send ``request`` (unless it went with the activation) and pump the channel until a reply,
-    a limit, a crash or the deadline."""
-    ex = _Exchange()
-    streams = ch.streams
-    frames = FrameBuffer(limits.reply_bytes)
-    outbuf = bytearray(request)  # empty when the request went with the activation
-    sel = ch.sel
-    want_write = False
-    rpcs = 0
-    try:
-        # the request usually goes out in one send; only a huge one needs the selector
-        try:
-            n = ch.sock.send(outbuf)
-            del outbuf[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            outbuf.clear()
-        if outbuf:
-            sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-            want_write = True
-        grace_until: float | None = None
-        while True:
-            if ex.reply is not None:
-                for fd, st in streams.items():
-                    st.drain(fd)
-                    if st.over:
-                        ex.limit = (st.name, f"more than {st.cap} bytes written")
-                break
-            if not ch.sock_open and all(st.eof for st in streams.values()):
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                ex.timed_out = True
-                break
-            if grace_until is not None and now >= grace_until:
-                break
-            timeout = deadline - now if grace_until is None else min(deadline, grace_until) - now
-            for key, mask in sel.select(timeout):
-                if key.fileobj is ch.sock:
-                    if mask & selectors.EVENT_WRITE and outbuf:
-                        try:
-                            n = ch.sock.send(outbuf)
-                            del outbuf[:n]
-                        except BlockingIOError:
-                            pass
-                        except OSError:
-                            outbuf.clear()
-                    if want_write and not outbuf:
-                        sel.modify(ch.sock, selectors.EVENT_READ)
-                        want_write = False
-                    if not mask & selectors.EVENT_READ:
-                        continue
-                    try:
-                        data = ch.sock.recv(1 << 20)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        ch.sock_open = False
-                        ex.eof = True
-                        sel.unregister(ch.sock)
-                        grace_until = time.monotonic() + 0.25  # collect a crash's last words
-                        break
-                    try:
-                        msgs = frames.feed(data)
-                    except FrameTooLargeError as exc:
-                        ex.limit = ("reply_size", f"reply of {exc.size} bytes exceeds {exc.cap}")
-                        return ex
-                    except ProtocolError as exc:
-                        ex.protocol_error = str(exc)
-                        return ex
-                    for msg in msgs:
-                        op = msg.get("op")
-                        if op == "result" and ex.reply is None:
-                            ex.reply = msg
-                        elif op == "memory" and ex.reply is None:
-                            rpcs += 1
-                            answer = (_memory_rpc(msg, memory, loop, deadline) if rpcs <= _MAX_MEMORY_RPCS else
-                                      {"ok": False, "error": f"more than {_MAX_MEMORY_RPCS} memory calls in one call"})
-                            outbuf += encode(answer)
-                            if not want_write:
-                                sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-                                want_write = True
-                        elif op == "setup_error":
-                            ex.setup_error = str(msg.get("message", ""))[:2000]
-                            return ex
-                        else:
-                            ex.protocol_error = f"unexpected message {str(op)[:40]!r}"
-                            return ex
-                else:
-                    st = streams[key.fd]
-                    try:
-                        data = os.read(key.fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    st.feed(data)
-                    if st.eof:
-                        sel.unregister(key.fd)
-                    if st.over:
-                        ex.limit = (st.name, f"more than {st.cap} bytes written")
-                        return ex
-        return ex
-    finally:
-        ex.stdout = streams[ch.out_r].take()
-        ex.stderr = streams[ch.err_r].take()
-        if want_write and ch.sock_open:
-            with contextlib.suppress(Exception):
-                sel.modify(ch.sock, selectors.EVENT_READ)
-
-
-def _memory_rpc(msg: dict[str, Any], memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None,
-                deadline: float) -> dict[str, Any]:
-    method = msg.get("method")
-    args = msg.get("args", [])
-    kwargs = msg.get("kwargs", {})
-    if memory is None:
-        return {"ok": False, "error": "no memory is available to this call"}
-    if method not in _MEMORY_METHODS or not callable(getattr(memory, str(method), None)):
-        return {"ok": False, "error": f"memory method {str(method)[:40]!r} is not allowed"}
-    if not isinstance(args, list) or len(args) > 4 or not isinstance(kwargs, dict):
-        return {"ok": False, "error": "memory arguments must be a short list and a dict"}
-    for k in kwargs:
-        if not isinstance(k, str) or k.startswith("_") or any(p in k.lower() for p in _FORBIDDEN_KWARG_PARTS):
-            return {"ok": False, "error": f"memory argument {str(k)[:40]!r} is not allowed"}
-    try:
-        value = getattr(memory, str(method))(*args, **kwargs)
-        if inspect.isawaitable(value):
-            if loop is not None and loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(_as_coro(value), loop)
-                value = fut.result(max(0.0, deadline - time.monotonic()))
-            else:
-                value = asyncio.run(_as_coro(value))
-        return {"ok": True, "value": _to_json(value)}
-    except Exception as exc:  # the bridge's failure goes back to the plugin
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-
-
-async def _as_coro(aw: Any) -> Any:
-    return await aw
-
-
-def _to_json(value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-        return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=_default, allow_nan=False))
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "model_dump"):
-        return o.model_dump(mode="json")
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    return str(o)
-
-
-def _fail(plugin: str, ex: _Exchange, exit_info: dict[str, Any] | None, cg_hit: set[str],
-          limits: Limits) -> Exception:
-    """Turn a failed exchange into the typed error the host raises."""
-    err = ex.stderr
-    if ex.timed_out:
-        return PluginTimeout(plugin, limits.wall_seconds, stderr=err)
-    if ex.limit is not None:
-        return LimitExceeded(plugin, ex.limit[0], ex.limit[1], stderr=err)
-    if ex.setup_error is not None:
-        return SandboxError(plugin, f"sandbox setup failed: {ex.setup_error}", stderr=err)
-    if ex.protocol_error is not None:
-        return SandboxError(plugin, f"malformed reply from the sandbox: {ex.protocol_error}", stderr=err)
-    sig = int(exit_info.get("signal") or 0) if exit_info else 0
-    cpu = float(exit_info.get("cpu") or 0.0) if exit_info else 0.0
-    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
-        return LimitExceeded(plugin, "cpu", f"used {cpu:.2f} s of CPU, limit {limits.cpu_seconds} s", stderr=err)
-    if sig == signal.SIGXFSZ:
-        return LimitExceeded(plugin, "file_size", f"wrote past {limits.file_size_mb} MiB", stderr=err)
-    if "memory" in cg_hit:
-        return LimitExceeded(plugin, "memory", f"over {limits.memory_mb} MiB (killed by the cgroup)", stderr=err)
-    if sig:
-        return SandboxError(plugin, f"sandbox process crashed with {_SIGNAMES.get(sig, sig)}", stderr=err)
-    if exit_info is not None:
-        return SandboxError(plugin, f"sandbox process exited with code {exit_info.get('code')} without a reply",
-                            stderr=err)
-    return SandboxError(plugin, "sandbox process died without a reply", stderr=err)
-
-
-def _from_reply(plugin: str, reply: dict[str, Any], ex: _Exchange, cg_hit: set[str]) -> Any:
-    """Validate a reply (it may be forged) and return the result or raise."""
-    ok = reply.get("ok")
-    if ok is True and "result" in reply:
-        return reply["result"]
-    if ok is not False:
-        raise SandboxError(plugin, "malformed reply from the sandbox: bad 'ok' field", stderr=ex.stderr)
-    kind = reply.get("kind")
-    message = str(reply.get("message", ""))[:4000]
-    if kind == "limit":
-        lim = str(reply.get("limit"))
-        if lim not in _LIMIT_NAMES:
-            raise SandboxError(plugin, f"malformed reply: unknown limit {lim[:40]!r}", stderr=ex.stderr)
-        raise LimitExceeded(plugin, lim, message, stderr=ex.stderr)
-    if kind == "invalid_result":
-        raise InvalidResult(plugin, message, stderr=ex.stderr)
-    if kind == "error":
-        if "processes" in cg_hit and "fork" in message.lower():
-            raise LimitExceeded(plugin, "processes", message, stderr=ex.stderr)
-        raise PluginError(plugin, f"{str(reply.get('type', 'Exception'))[:200]}: {message}",
-                          plugin_traceback=str(reply.get("traceback", ""))[:65536], stderr=ex.stderr)
-    raise SandboxError(plugin, "malformed reply from the sandbox: unknown kind", stderr=ex.stderr)
-
-
-class _Worker:
-    """One sandbox child (a fork-per-call child, or a warm worker serving many calls)."""
-
-    def __init__(self, ex: SandboxExecutor, spec: PluginSpec, settings: PluginSettings, limits: Limits,
-                 mode: str, first: dict[str, Any] | None = None) -> None:
-        self.ex = ex
-        self.spec = spec
-        self.limits = limits
-        self.mode = mode
-        self.calls = 0
-        self.max_calls = settings.warm_max_calls if mode == "warm" else 1
-        self.lock = threading.Lock()
-        self.dead = False
-        self.id = f"c{next(ex._ids)}"
-        self.slot = ex._acquire_slot(limits.wall_seconds)
-        self.workdir = ""
-        self.mounted = False
-        self.ch: _Channel | None = None
-        # a small first request travels with the activation message (one round trip less)
-        self.first = first
-        self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
-        try:
-            self._start(settings)
-        except BaseException:
-            self.retire()
-            raise
-
-    def _start(self, settings: PluginSettings) -> None:
-        ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
-        if ex._tmpfs_ok:
-            ex._slot_tmpfs(slot, limits.work_dir_mb)
-            self.workdir = os.path.join(slot.tmpfs, self.id)
-            self.mounted = True
-        else:
-            self.workdir = os.path.join(ex._base, self.id)
-        os.mkdir(self.workdir, 0o700)
-        if slot.uid > 0:
-            os.chown(self.workdir, slot.uid, slot.gid)
-        if slot.cg is not None:
-            mem = (limits.memory_mb + (limits.work_dir_mb if self.mounted else 0)) << 20
-            slot.cg.configure(mem, limits.processes)
-        code_paths = [os.path.abspath(p) for p in spec.code_paths]
-        read_paths = ex._read_paths + code_paths + ([os.path.abspath(spec.path)] if spec.path else [])
-        cfg = {
-            "spec": {"name": spec.name, "kind": spec.kind, "target": spec.target,
-                     "path": os.path.abspath(spec.path) if spec.path else None},
-            "code_paths": code_paths, "read_paths": read_paths, "workdir": self.workdir,
-            "write_paths": [ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
-            "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
-            "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
-            "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
-        }
-        if self.first is not None:
-            cfg["first_request"] = self.first
-        hs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        self.ch = _Channel(hs, out_r, err_r, limits)
-        try:
-            self.zyg = ex._zygote()
-            fds = [cs.fileno(), out_w, err_w]
-            sb = self.zyg.take_standby(slot.index)
-            if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
-                # Through the zygote: it must never hold a plugin's env or a caller's params
-                # (every later child is forked from its memory), so those go over the channel.
-                zcfg = {k: v for k, v in cfg.items() if k not in ("env", "first_request")}
-                zcfg["env_via_channel"] = True
-                self.pre = encode({"op": "env", "env": cfg["env"]})
-                self.first = None
-                try:
-                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
-                except OSError:
-                    self.zyg = ex._zygote(replace=self.zyg)
-                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
-        finally:
-            cs.close()
-            os.close(out_w)
-            os.close(err_w)
-
-    def run(self, encoded: bytes, memory: MemoryBridge | None,
-            loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
-        assert self.ch is not None
-        self.calls += 1
-        inline, self.first = self.first, None
-        cg = self.slot.cg
-        deadline = time.monotonic() + self.limits.wall_seconds
-        try:
-            pre, self.pre = self.pre, b""
-            ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline)
-        except BaseException:  # never reuse a worker whose exchange broke half-way
-            self.retire(background=True)
-            raise
-        if ex.reply is not None and not ex.timed_out and ex.limit is None:
-            hit = cg.hit() if cg is not None and ex.reply.get("ok") is not True else set()
-            ok = ex.reply.get("ok") is True
-            if not ok or self.calls >= self.max_calls:
-                self.retire(background=True)
-            elif cg is not None and self.mode == "warm":
-                # nothing the call started may outlive it, even though the worker stays
-                worker = self.zyg.wait_for(self.id, "started", 0)
-                if worker is not None:
-                    cg.kill_others(int(worker["pid"]))
-            try:
-                result = _from_reply(self.spec.name, ex.reply, ex, hit)
-            except BaseException:
-                self.retire(background=True)
-                raise
-            return CallOutcome(result, ex.stdout, ex.stderr)
-        # failure without a usable reply: kill, then classify with the exit status
-        if ex.timed_out and self.zyg.wait_for(self.id, "started", 0) is None:
-            # the zygote never forked the child: it is wedged; replace it on the next call
-            log.error("sandbox zygote %d did not start a call within %g s; replacing it", self.zyg.pid,
-                      self.limits.wall_seconds)
-            self.zyg.kill()
-        self.zyg.kill_call(self.id)
-        if cg is not None:
-            cg.kill_all()
-        info = self.zyg.wait_for(self.id, "exited", _EXIT_WAIT)
-        hit = cg.hit() if cg is not None else set()
-        self.retire()
-        raise _fail(self.spec.name, ex, info, hit, self.limits)
-
-    def retire(self, background: bool = False) -> None:
-        """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background."""
-        if self.dead:
-            return
-        self.dead = True
-        if self.ch is not None:
-            self.ch.close()
-        zyg = getattr(self, "zyg", None)
-        if zyg is not None:
-            zyg.kill_call(self.id)
-        if self.slot.cg is not None:
-            self.slot.cg.kill_once()
-        if background and not self.ex._closed:
-            try:
-                self.ex._cleaner.submit(self._finish)
-                return
-            except RuntimeError:  # cleaner shut down
-                pass
-        self._finish()
-
-    def _finish(self) -> None:
-        zyg = getattr(self, "zyg", None)
-        slot: _Slot | None = self.slot
-        if slot is not None and slot.cg is not None:
-            if not slot.cg.kill_all():
-                log.error("sandbox slot %d could not be emptied; it is retired", slot.index)
-                slot = None
-        elif zyg is not None:
-            zyg.wait_for(self.id, "exited", _EXIT_WAIT)
-        if zyg is not None:
-            zyg.forget(self.id)
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        if slot is not None:
-            self.ex._release_slot(slot)
-
-
 class SandboxExecutor:
     """Runs untrusted plugins' hooks in exec'd, layered sandbox processes.
 
@@ -727,7 +102,7 @@ class SandboxExecutor:
             uid = uid_base + i if self._root else -1
             cg = self._cgroups.slot(i) if self._cgroups.active else None
             self._slots.put(_Slot(i, uid, uid, cg))
-        self._tmpfs_ok, self._tmpfs_why = self._probe_tmpfs(uid_base)
+        self._tmpfs_ok, self._tmpfs_why = probe_tmpfs(self._base, self._root, uid_base)
         self._read_paths = _system_read_paths()
         self._required: list[str] = []
         self._layer_status: list[LayerStatus] = []
@@ -741,20 +116,6 @@ class SandboxExecutor:
         _LIVE.add(self)
 
     # -- setup ---------------------------------------------------------
-
-    def _probe_tmpfs(self, uid: int) -> tuple[bool, str]:
-        if not self._root:
-            return False, "host is not root: work dir size is not capped (only RLIMIT_FSIZE per file)"
-        d = os.path.join(self._base, "probe")
-        os.mkdir(d)
-        try:
-            _layers.mount_tmpfs(d, 1, uid, uid)
-            _layers.umount(d)
-            return True, "a size- and inode-capped tmpfs per slot, a fresh dir in it per call"
-        except OSError as exc:
-            return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
-        finally:
-            os.rmdir(d)
 
     def _activate(self, zyg: _Zygote, sb: tuple[int, socket.socket], call_id: str, cfg: dict[str, Any],
                   fds: list[int]) -> bool:
@@ -800,17 +161,6 @@ class SandboxExecutor:
                     return None
                 self._rulesets[key] = fd
             return fd
-
-    def _slot_tmpfs(self, slot: _Slot, size_mb: int) -> None:
-        """Mount (once) or resize the slot's tmpfs; it caps bytes and inodes of the work dir."""
-        if not slot.tmpfs:
-            path = os.path.join(self._base, f"slot{slot.index}")
-            os.makedirs(path, exist_ok=True)
-            _layers.mount_tmpfs(path, size_mb, 0, 0, mode=0o711)
-            slot.tmpfs, slot.tmpfs_mb = path, size_mb
-        elif slot.tmpfs_mb != size_mb:
-            _layers.mount_tmpfs(slot.tmpfs, size_mb, 0, 0, mode=0o711, remount=True)
-            slot.tmpfs_mb = size_mb
 
     def _zygote(self, replace: _Zygote | None = None) -> _Zygote:
         with self._lock:

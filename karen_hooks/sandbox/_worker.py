@@ -1,0 +1,185 @@
+"""One sandbox process as the host sees it: started from a standby child or the zygote, then retired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._config import Limits, PluginSettings
+from .._executor import CallOutcome, MemoryBridge
+from .._models import PluginSpec
+from . import _slots
+from ._call import _Channel, _drive, _fail, _from_reply
+from ._protocol import encode
+from ._slots import _Slot
+
+if TYPE_CHECKING:
+    from ._executor import SandboxExecutor
+
+log = logging.getLogger("karen_hooks.sandbox")
+_EXIT_WAIT = 1.0
+
+
+class _Worker:
+    """One sandbox child (a fork-per-call child, or a warm worker serving many calls)."""
+
+    def __init__(self, ex: SandboxExecutor, spec: PluginSpec, settings: PluginSettings, limits: Limits,
+                 mode: str, first: dict[str, Any] | None = None) -> None:
+        self.ex = ex
+        self.spec = spec
+        self.limits = limits
+        self.mode = mode
+        self.calls = 0
+        self.max_calls = settings.warm_max_calls if mode == "warm" else 1
+        self.lock = threading.Lock()
+        self.dead = False
+        self.id = f"c{next(ex._ids)}"
+        self.slot = ex._acquire_slot(limits.wall_seconds)
+        self.workdir = ""
+        self.mounted = False
+        self.ch: _Channel | None = None
+        # a small first request travels with the activation message (one round trip less)
+        self.first = first
+        self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
+        try:
+            self._start(settings)
+        except BaseException:
+            self.retire()
+            raise
+
+    def _start(self, settings: PluginSettings) -> None:
+        ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
+        if ex._tmpfs_ok:
+            _slots.slot_tmpfs(ex._base, slot, limits.work_dir_mb)
+            self.workdir = os.path.join(slot.tmpfs, self.id)
+            self.mounted = True
+        else:
+            self.workdir = os.path.join(ex._base, self.id)
+        os.mkdir(self.workdir, 0o700)
+        if slot.uid > 0:
+            os.chown(self.workdir, slot.uid, slot.gid)
+        if slot.cg is not None:
+            mem = (limits.memory_mb + (limits.work_dir_mb if self.mounted else 0)) << 20
+            slot.cg.configure(mem, limits.processes)
+        code_paths = [os.path.abspath(p) for p in spec.code_paths]
+        read_paths = ex._read_paths + code_paths + ([os.path.abspath(spec.path)] if spec.path else [])
+        cfg = {
+            "spec": {"name": spec.name, "kind": spec.kind, "target": spec.target,
+                     "path": os.path.abspath(spec.path) if spec.path else None},
+            "code_paths": code_paths, "read_paths": read_paths, "workdir": self.workdir,
+            "write_paths": [ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
+            "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
+            "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
+            "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
+        }
+        if self.first is not None:
+            cfg["first_request"] = self.first
+        hs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.ch = _Channel(hs, out_r, err_r, limits)
+        try:
+            self.zyg = ex._zygote()
+            fds = [cs.fileno(), out_w, err_w]
+            sb = self.zyg.take_standby(slot.index)
+            if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
+                # Through the zygote: it must never hold a plugin's env or a caller's params
+                # (every later child is forked from its memory), so those go over the channel.
+                zcfg = {k: v for k, v in cfg.items() if k not in ("env", "first_request")}
+                zcfg["env_via_channel"] = True
+                self.pre = encode({"op": "env", "env": cfg["env"]})
+                self.first = None
+                try:
+                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
+                except OSError:
+                    self.zyg = ex._zygote(replace=self.zyg)
+                    self.zyg.spawn(self.id, slot.index, zcfg, fds)
+        finally:
+            cs.close()
+            os.close(out_w)
+            os.close(err_w)
+
+    def run(self, encoded: bytes, memory: MemoryBridge | None,
+            loop: asyncio.AbstractEventLoop | None) -> CallOutcome:
+        assert self.ch is not None
+        self.calls += 1
+        inline, self.first = self.first, None
+        cg = self.slot.cg
+        deadline = time.monotonic() + self.limits.wall_seconds
+        try:
+            pre, self.pre = self.pre, b""
+            ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline)
+        except BaseException:  # never reuse a worker whose exchange broke half-way
+            self.retire(background=True)
+            raise
+        if ex.reply is not None and not ex.timed_out and ex.limit is None:
+            hit = cg.hit() if cg is not None and ex.reply.get("ok") is not True else set()
+            ok = ex.reply.get("ok") is True
+            if not ok or self.calls >= self.max_calls:
+                self.retire(background=True)
+            elif cg is not None and self.mode == "warm":
+                # nothing the call started may outlive it, even though the worker stays
+                worker = self.zyg.wait_for(self.id, "started", 0)
+                if worker is not None:
+                    cg.kill_others(int(worker["pid"]))
+            try:
+                result = _from_reply(self.spec.name, ex.reply, ex, hit)
+            except BaseException:
+                self.retire(background=True)
+                raise
+            return CallOutcome(result, ex.stdout, ex.stderr)
+        # failure without a usable reply: kill, then classify with the exit status
+        if ex.timed_out and self.zyg.wait_for(self.id, "started", 0) is None:
+            # the zygote never forked the child: it is wedged; replace it on the next call
+            log.error("sandbox zygote %d did not start a call within %g s; replacing it", self.zyg.pid,
+                      self.limits.wall_seconds)
+            self.zyg.kill()
+        self.zyg.kill_call(self.id)
+        if cg is not None:
+            cg.kill_all()
+        info = self.zyg.wait_for(self.id, "exited", _EXIT_WAIT)
+        hit = cg.hit() if cg is not None else set()
+        self.retire()
+        raise _fail(self.spec.name, ex, info, hit, self.limits)
+
+    def retire(self, background: bool = False) -> None:
+        """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background."""
+        if self.dead:
+            return
+        self.dead = True
+        if self.ch is not None:
+            self.ch.close()
+        zyg = getattr(self, "zyg", None)
+        if zyg is not None:
+            zyg.kill_call(self.id)
+        if self.slot.cg is not None:
+            self.slot.cg.kill_once()
+        if background and not self.ex._closed:
+            try:
+                self.ex._cleaner.submit(self._finish)
+                return
+            except RuntimeError:  # cleaner shut down
+                pass
+        self._finish()
+
+    def _finish(self) -> None:
+        zyg = getattr(self, "zyg", None)
+        slot: _Slot | None = self.slot
+        if slot is not None and slot.cg is not None:
+            if not slot.cg.kill_all():
+                log.error("sandbox slot %d could not be emptied; it is retired", slot.index)
+                slot = None
+        elif zyg is not None:
+            zyg.wait_for(self.id, "exited", _EXIT_WAIT)
+        if zyg is not None:
+            zyg.forget(self.id)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if slot is not None:
+            self.ex._release_slot(slot)

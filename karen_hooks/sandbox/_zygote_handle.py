@@ -1,0 +1,164 @@
+"""The host's handle on the zygote process: its control socket, reader thread and standby children."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._errors import SandboxError
+
+if TYPE_CHECKING:
+    from ._slots import _Slot
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[2]); "
+    "from karen_hooks.sandbox._zygote import main; main(int(sys.argv[1]))"
+)
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Zygote:
+    """One exec'd zygote process and the thread reading its control socket."""
+
+    def __init__(self, probe_cfg: dict[str, Any]) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        debug = os.environ.get("KAREN_SANDBOX_DEBUG") == "1"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, str(child.fileno()), _PKG_ROOT],
+                env={}, close_fds=True, pass_fds=(child.fileno(),), start_new_session=True, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.ctrl = parent
+        # a wedged zygote must not block the host: sends time out (and the zygote is replaced)
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
+        self.pid = self.proc.pid
+        self._send_lock = threading.Lock()
+        self._pending: dict[str, dict[str, Any]] = {}
+        # slot -> (pid, socket) of its pre-forked standby child
+        self.standby: dict[int, tuple[int, socket.socket]] = {}
+        self._by_pid: dict[int, str] = {}
+        self._cond = threading.Condition()
+        self.alive = True
+        parent.settimeout(30)
+        try:
+            parent.send(json.dumps({"probe": probe_cfg}).encode())
+            hello = json.loads(parent.recv(1 << 20).decode())
+        except (OSError, ValueError) as exc:
+            self.kill()
+            raise SandboxError("<sandbox>", f"the sandbox zygote did not start: {exc}") from None
+        parent.settimeout(None)
+        self.layers: dict[str, list[Any]] = hello.get("layers", {})
+        self._reader = threading.Thread(target=self._read_loop, name="karen-zygote-reader", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 1 << 16, 1)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                break
+            try:
+                msg = json.loads(data.decode())
+            except ValueError:
+                msg = {}
+            if msg.get("op") == "prepared" and len(fds) == 1:
+                os.set_inheritable(fds[0], False)
+                sock = socket.socket(fileno=fds[0])
+                with self._cond:
+                    old = self.standby.pop(int(msg.get("slot", -1)), None)
+                    self.standby[int(msg.get("slot", -1))] = (int(msg.get("pid", 0)), sock)
+                if old is not None:
+                    old[1].close()
+                continue
+            for fd in fds:
+                os.close(fd)
+            with self._cond:
+                cid = str(msg.get("id"))
+                if cid.startswith("standby:"):
+                    cid = self._by_pid.get(int(msg.get("pid", 0)), cid)
+                rec = self._pending.get(cid)
+                if rec is not None:
+                    rec[str(msg.get("op"))] = msg
+                    self._cond.notify_all()
+        with self._cond:
+            self.alive = False
+            self._cond.notify_all()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+
+    def take_standby(self, slot: int) -> tuple[int, socket.socket] | None:
+        with self._cond:
+            return self.standby.pop(slot, None)
+
+    def register(self, call_id: str, pid: int) -> None:
+        """A standby child now serves ``call_id``: route its exit status there."""
+        with self._cond:
+            self._pending[call_id] = {"started": {"pid": pid}}
+            self._by_pid[pid] = call_id
+
+    def prepare(self, slot: _Slot) -> None:
+        """Ask for a standby child for ``slot`` (forked and placed in its cgroup ahead of time)."""
+        procs = slot.cg.procs_files if slot.cg is not None else []
+        with contextlib.suppress(OSError), self._send_lock:
+            self.ctrl.send(json.dumps({"op": "prepare", "slot": slot.index, "cgroup_procs": procs}).encode())
+
+    def spawn(self, call_id: str, slot: int, cfg: dict[str, Any], fds: list[int]) -> None:
+        with self._cond:
+            self._pending[call_id] = {}
+        data = json.dumps({"op": "spawn", "id": call_id, "slot": slot, "cfg": cfg}).encode()
+        with self._send_lock:
+            socket.send_fds(self.ctrl, [data], fds)
+
+    def wait_for(self, call_id: str, op: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                rec = self._pending.get(call_id, {})
+                if op in rec:
+                    return rec[op]
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive:
+                    return rec.get(op)
+                self._cond.wait(left)
+
+    def forget(self, call_id: str) -> None:
+        with self._cond:
+            rec = self._pending.pop(call_id, None)
+            pid = (rec or {}).get("started", {}).get("pid")
+            if pid is not None and self._by_pid.get(pid) == call_id:
+                del self._by_pid[pid]
+
+    def kill_call(self, call_id: str) -> None:
+        with self._cond:
+            pid = self._pending.get(call_id, {}).get("started", {}).get("pid")
+        with contextlib.suppress(OSError), self._send_lock:
+            self.ctrl.send(json.dumps({"op": "kill", "id": call_id, "pid": pid}).encode())
+
+    def kill(self) -> None:
+        self.alive = False
+        with self._cond:
+            standby, self.standby = list(self.standby.values()), {}
+        for _pid, sock in standby:  # a standby exits when its socket closes
+            sock.close()
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            self.ctrl.close()
