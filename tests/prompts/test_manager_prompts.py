@@ -122,17 +122,19 @@ def test_package_plugin_templates_with_includes() -> None:
     router = PluginRouter(Settings(load_plugins=[]))
     router.register_plugin(basics, "assistant-basics")
     m = PluginManager(router=router, observe=False, memory=False)
-    # register_plugin objects have no package root: the include is refused, not resolved elsewhere
-    with pytest.raises(TemplateSecurityError, match="no template directory"):
-        asyncio.run(
-            m.render_prompt(
-                "assistant-basics",
-                {"expression": "1+1"},
-                USER,
-                result={"expression": "1+1", "result": 2},
-                intent="math.calc",
-            )
+    expected = "You are a concise, friendly assistant helping u-7.\nThe answer to 1+1 is 2. Reply with the answer.\n"
+    # a module given to register_plugin names itself, so its package's templates/ are the include root
+    rendered = asyncio.run(
+        m.render_prompt(
+            "assistant-basics", {"expression": "1+1"}, USER, result={"expression": "1+1", "result": 2}, intent="math.calc"
         )
+    )
+    assert rendered == expected
+    # an object defined outside a package with templates/ has no root: the include is refused, not resolved elsewhere
+    other = PluginRouter(Settings(load_plugins=[]))
+    other.register_plugin(_IncludingPlugin(), "includer")
+    with pytest.raises(TemplateSecurityError, match="no template directory"):
+        asyncio.run(PluginManager(router=other, observe=False, memory=False).render_prompt("includer", {}, USER))
     # an entry-point plugin (how installed packages load) gets its package's templates/ as the include root
     info = PluginInfo(
         name="assistant-basics",
@@ -145,7 +147,17 @@ def test_package_plugin_templates_with_includes() -> None:
     assert root == str((ROOT / "karen_plugin_assistant_basics" / "templates").resolve())
     variables = build_variables({"expression": "1+1"}, USER, {"expression": "1+1", "result": 2}, "math.calc")
     out = render_template(basics.template_for("math.calc") or "", variables, template_root=root)
-    assert out == "You are a concise, friendly assistant helping u-7.\nThe answer to 1+1 is 2. Reply with the answer.\n"
+    assert out == expected
+
+
+class _IncludingPlugin:
+    @hookimpl
+    def karen_intent(self) -> list[dict[str, Any]]:
+        return [{"name": "includer.x"}]
+
+    @hookimpl
+    def karen_render_prompt(self) -> str:
+        return "{% include 'base.j2' %}"
 
 
 class FakeSandbox:

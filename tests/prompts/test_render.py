@@ -83,23 +83,24 @@ def test_deterministic() -> None:
         render_template("{{ params.a|random }}", v)
 
 
-def test_imports_only_jinja2_stdlib_and_errors() -> None:
-    """The sandbox child imports this module: its module-level imports stay jinja2 + stdlib + _errors.
+@pytest.mark.parametrize("module", ["karen_hooks._prompts", "karen_hooks._template_sandbox"])
+def test_imports_only_jinja2_stdlib_and_errors(module: str) -> None:
+    """The sandbox child imports these modules: their module-level imports stay jinja2 + stdlib + _errors.
 
     (The host-side ``render_plugin_prompt`` imports the rest inside the function.)
     """
     import ast
+    import importlib
 
-    import karen_hooks._prompts as mod
-
-    tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
+    mod = importlib.import_module(module)
+    tree = ast.parse(open(mod.__file__ or "", encoding="utf-8").read())
     imported = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." + (node.module or "") if node.level else (node.module or "").split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"jinja2", "._errors"}
+    allowed = set(sys.stdlib_module_names) | {"jinja2", "._errors", "._template_sandbox"}
     assert imported <= allowed, imported - allowed
 
 
