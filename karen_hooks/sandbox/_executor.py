@@ -28,7 +28,7 @@ from .._config import Limits, PluginSettings
 from .._errors import SandboxError
 from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
-from . import _layers
+from . import _host_layers, _layers
 from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
 from ._protocol import ProtocolError, encode
@@ -54,10 +54,10 @@ def _sweep_once() -> None:
     _SWEPT = True
     roots = []
     for ctrl in ("memory", "pids"):
-        own = (_layers._own_cgroup(ctrl) or "/").lstrip("/")
+        own = (_host_layers._own_cgroup(ctrl) or "/").lstrip("/")
         roots.append(os.path.join("/sys/fs/cgroup", ctrl, own))
     try:
-        n = _layers.sweep_stale(tempfile.gettempdir(), roots)
+        n = _host_layers.sweep_stale(tempfile.gettempdir(), roots)
     except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the sandbox
         log.warning("could not remove leftovers of killed sandbox hosts: %s", exc)
         return
@@ -96,7 +96,7 @@ class SandboxExecutor:
             _sweep_once()
         self._base = tempfile.mkdtemp(prefix=f"karen-sandbox-{os.getpid()}-")
         os.chmod(self._base, 0o711)
-        self._cgroups = _layers.CgroupManager(f"karen-sandbox-{os.getpid()}-{secrets.token_hex(3)}")
+        self._cgroups = _host_layers.CgroupManager(f"karen-sandbox-{os.getpid()}-{secrets.token_hex(3)}")
         self._slots: queue.Queue[_Slot] = queue.Queue()
         for i in range(self._nslots):
             uid = uid_base + i if self._root else -1
@@ -332,7 +332,7 @@ class SandboxExecutor:
                 slot.cg.remove()
             if slot.tmpfs:
                 with contextlib.suppress(OSError):
-                    _layers.umount(slot.tmpfs)
+                    _host_layers.umount(slot.tmpfs)
         self._cgroups.remove()
         shutil.rmtree(self._base, ignore_errors=True)
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sysconfig
 
-from . import _layers
+from . import _host_layers
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def _system_read_paths() -> list[str]:
 
 
 class _Slot:
-    def __init__(self, index: int, uid: int, gid: int, cg: _layers.CgroupSlot | None) -> None:
+    def __init__(self, index: int, uid: int, gid: int, cg: _host_layers.CgroupSlot | None) -> None:
         self.index = index
         self.uid = uid
         self.gid = gid
@@ -36,8 +36,8 @@ def probe_tmpfs(base: str, root: bool, uid: int) -> tuple[bool, str]:
     d = os.path.join(base, "probe")
     os.mkdir(d)
     try:
-        _layers.mount_tmpfs(d, 1, uid, uid)
-        _layers.umount(d)
+        _host_layers.mount_tmpfs(d, 1, uid, uid)
+        _host_layers.umount(d)
         return True, "a size- and inode-capped tmpfs per slot, a fresh dir in it per call"
     except OSError as exc:
         return False, f"cannot mount a tmpfs work dir ({exc}); work dir size is not capped"
@@ -50,8 +50,8 @@ def slot_tmpfs(base: str, slot: _Slot, size_mb: int) -> None:
     if not slot.tmpfs:
         path = os.path.join(base, f"slot{slot.index}")
         os.makedirs(path, exist_ok=True)
-        _layers.mount_tmpfs(path, size_mb, 0, 0, mode=0o711)
+        _host_layers.mount_tmpfs(path, size_mb, 0, 0, mode=0o711)
         slot.tmpfs, slot.tmpfs_mb = path, size_mb
     elif slot.tmpfs_mb != size_mb:
-        _layers.mount_tmpfs(slot.tmpfs, size_mb, 0, 0, mode=0o711, remount=True)
+        _host_layers.mount_tmpfs(slot.tmpfs, size_mb, 0, 0, mode=0o711, remount=True)
         slot.tmpfs_mb = size_mb
