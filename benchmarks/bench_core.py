@@ -81,7 +81,7 @@ def main() -> None:
     rows: list[tuple[str, list[float]]] = [(name, []) for name, _ in paths]
     # interleave the paths so drift on a noisy machine hits all alike
     for _ in range(args.batches):
-        for (_, fn), (_, samples) in zip(paths, rows):
+        for (_, fn), (_, samples) in zip(paths, rows, strict=True):
             samples.extend(per_call_us(1, args.batch_size, fn))
     base = statistics.median(rows[0][1])
     print(f"{'path':<40} {'median µs/call':>15} {'p90 µs':>9} {'added µs':>9} {'ratio':>7}")

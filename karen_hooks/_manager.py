@@ -15,8 +15,9 @@ from ._capture import start as capture_start
 from ._capture import stop as capture_stop
 from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
-from ._metrics import CallObserver, get_metrics
+from ._metrics import get_metrics
 from ._models import Intent, PluginContext, PluginInfo, UserContext
+from ._observer import CallObserver
 from ._params import params_to_json, validate_params
 from ._prompts import render_plugin_prompt
 from ._rbac import check_access
