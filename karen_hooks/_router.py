@@ -98,6 +98,9 @@ class PluginRouter:
     def executor(self) -> Executor | None:
         if not self._executor_made:
             self._executor = default_executor()
+            if self._executor is not None and hasattr(self._executor, "on_event"):
+                # the sandbox reports its process starts and kills to this router's registry
+                self._executor.on_event = get_metrics(self.metrics_registry).sandbox_event
             self._executor_made = True
         return self._executor
 

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._config import Limits, PluginSettings
@@ -80,9 +81,20 @@ class SandboxExecutor:
     concurrent sandboxed calls; when the host runs as root each slot runs as
     its own unprivileged uid ``uid_base + slot`` (default 61000+; override with
     ``KAREN_SANDBOX_UID_BASE``).
+
+    ``on_event(event, kind)`` (also a settable attribute) is told of every
+    process start (``"start"``; kind ``fork``, ``warm`` or ``zygote``) and
+    every kill (``"kill"``; kind is the reason: ``wall_time``, ``cpu``,
+    ``memory``, ``stdout``, ... for limits, ``crash``, ``setup``,
+    ``protocol``, ``cleanup`` for a retired warm worker, ``zygote`` for a
+    replaced zygote), e.g. ``get_metrics(registry).sandbox_event``. It runs
+    on the calling thread and must be quick; its exceptions are logged and
+    ignored. Limit hits are not reported here (the manager counts them).
     """
 
-    def __init__(self, slots: int | None = None, uid_base: int | None = None) -> None:
+    def __init__(self, slots: int | None = None, uid_base: int | None = None,
+                 on_event: Callable[[str, str], None] | None = None) -> None:
+        self.on_event = on_event
         self._nslots = slots or max(4, 2 * (os.cpu_count() or 1) + 2)
         if uid_base is None:
             uid_base = int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000"))
@@ -170,11 +182,13 @@ class SandboxExecutor:
             if z is not None and (z is replace or not z.alive or z.proc.poll() is not None):
                 z.kill()
                 z = self._zyg = None
+                self._event("kill", "zygote")
             if z is None:
                 uid = self._uid_base + self._nslots if self._root else -1
                 probe = {"workdir": self._base, "uid": uid, "gid": uid, "read_paths": self._read_paths,
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {}}
                 z = self._zyg = _Zygote(probe)
+                self._event("start", "zygote")
                 self._set_layers(z.layers)
                 for slot in list(self._slots.queue):  # forked by the zygote in the background
                     z.prepare(slot)
@@ -204,6 +218,14 @@ class SandboxExecutor:
                     log.warning("sandbox layer %s is MISSING on this machine: %s", s.name, s.detail)
                     warnings.warn(f"karen-hooks sandbox layer {s.name!r} is missing: {s.detail}",
                                   SandboxLayerWarning, stacklevel=3)
+
+    def _event(self, event: str, kind: str) -> None:
+        cb = self.on_event
+        if cb is not None:
+            try:
+                cb(event, kind)
+            except Exception:  # noqa: BLE001 - observability must never break a call
+                log.exception("sandbox on_event callback failed for %s/%s", event, kind)
 
     def layers(self) -> list[LayerStatus]:
         """Which layers are active (starts the zygote if needed)."""

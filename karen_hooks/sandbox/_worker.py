@@ -12,10 +12,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._config import Limits, PluginSettings
+from .._errors import LimitExceeded
 from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
 from . import _slots
-from ._call import _Channel, _drive, _fail, _from_reply
+from ._call import _Channel, _drive, _Exchange, _fail, _from_reply
 from ._protocol import encode
 from ._slots import _Slot
 
@@ -47,11 +48,14 @@ class _Worker:
         # a small first request travels with the activation message (one round trip less)
         self.first = first
         self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
+        self.started = False
         try:
             self._start(settings)
         except BaseException:
             self.retire()
             raise
+        self.started = True
+        ex._event("start", mode)
 
     def _start(self, settings: PluginSettings) -> None:
         ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
@@ -116,7 +120,7 @@ class _Worker:
             pre, self.pre = self.pre, b""
             ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline)
         except BaseException:  # never reuse a worker whose exchange broke half-way
-            self.retire(background=True)
+            self.retire(background=True, reason="cleanup")
             raise
         if ex.reply is not None and not ex.timed_out and ex.limit is None:
             hit = cg.hit() if cg is not None and ex.reply.get("ok") is not True else set()
@@ -145,14 +149,23 @@ class _Worker:
             cg.kill_all()
         info = self.zyg.wait_for(self.id, "exited", _EXIT_WAIT)
         hit = cg.hit() if cg is not None else set()
-        self.retire()
-        raise _fail(self.spec.name, ex, info, hit, self.limits)
+        err = _fail(self.spec.name, ex, info, hit, self.limits)
+        self.retire(reason=_kill_reason(ex, err))
+        raise err
 
-    def retire(self, background: bool = False) -> None:
-        """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background."""
+    def retire(self, background: bool = False, reason: str | None = None) -> None:
+        """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background.
+
+        ``reason`` is reported as a kill (a warm worker retired without one counts as ``cleanup``;
+        a fork-per-call child that replied exits by itself and counts as no kill).
+        """
         if self.dead:
             return
         self.dead = True
+        if reason is None and self.mode == "warm":
+            reason = "cleanup"
+        if reason is not None and self.started:
+            self.ex._event("kill", reason)
         if self.ch is not None:
             self.ch.close()
         zyg = getattr(self, "zyg", None)
@@ -183,3 +196,14 @@ class _Worker:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if slot is not None:
             self.ex._release_slot(slot)
+
+
+def _kill_reason(ex: _Exchange, err: Exception) -> str:
+    """Why a call's processes were killed: the limit it hit, or what went wrong."""
+    if isinstance(err, LimitExceeded):
+        return err.limit  # wall_time, cpu, memory, stdout, stderr, reply_size, ...
+    if ex.setup_error is not None:
+        return "setup"
+    if ex.protocol_error is not None:
+        return "protocol"
+    return "crash"
