@@ -212,8 +212,9 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext)
         enter_session(cgroup_procs)
         # keep 0..9 occupied so descriptors received below land at 10+
         _close_all_but({sock.fileno(), *range(10)} | z.keep_fds())
-        if z.filt is not None:
+        if z.filt is not None and not z.seccomp_loaded:
             # the filter is the same for every call: load it now, off the critical path
+            # (normally the zygote has loaded it already and every child inherits it)
             z.filt.load()
             z.seccomp_loaded = True
         _warm_up()

@@ -260,6 +260,29 @@ def test_tcp_udp_and_unix_sockets_fail(executor, layers):
         shutil.rmtree(d)
 
 
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as fh:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+
+
+def test_seccomp_is_loaded_once_in_the_zygote_and_inherited(executor, layers):
+    """The zygote loads the filter once; every child inherits exactly that one filter."""
+    need(layers, "seccomp")
+    z = executor._zygote()
+    st = _proc_status(z.pid)
+    assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "1" and st["NoNewPrivs"] == "1"
+    run(executor, "echo")  # a slot's standby child is re-forked after a call
+    deadline = time.monotonic() + 3
+    while not z.standby and time.monotonic() < deadline:
+        time.sleep(0.01)
+    standby = [pid for pid, _sock in list(z.standby.values())]
+    assert standby
+    for pid in standby:
+        with contextlib.suppress(FileNotFoundError):  # taken by a concurrent call meanwhile
+            st = _proc_status(pid)
+            assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "1"  # filtered, and not twice
+
+
 def test_network_namespace_has_no_route(executor, layers):
     need(layers, "netns")
     # seccomp already denies socket(); the netns is proven by the zygote itself
