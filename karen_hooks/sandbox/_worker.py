@@ -185,6 +185,10 @@ class _Worker:
         zyg = getattr(self, "zyg", None)
         slot: _Slot | None = self.slot
         if slot is not None and slot.cg is not None:
+            if zyg is not None and self.started:
+                # the call's process was SIGKILLed (or is exiting): wait for the zygote's report
+                # of its exit instead of polling the cgroup, then empty the cgroup of the rest
+                zyg.wait_for(self.id, "exited", _EXIT_WAIT)
             if not slot.cg.kill_all():
                 log.error("sandbox slot %d could not be emptied; it is retired", slot.index)
                 slot = None
