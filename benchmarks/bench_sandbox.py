@@ -70,17 +70,23 @@ def throughput(fn: Callable[[], object], callers: int, seconds: float) -> float:
     return sum(counts) / seconds
 
 
-def _cpu_seconds(zygote_pid: int) -> float:
-    """CPU used so far by this process (all threads) plus the zygote and its reaped children."""
+def _cpu_parts(zygote_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by this process (all threads), the zygote itself, and its reaped children."""
     ru = os.times()
-    total = ru.user + ru.system
+    parts = {"host": ru.user + ru.system, "zygote": 0.0, "children": 0.0}
     try:
         with open(f"/proc/{zygote_pid}/stat") as fh:
-            fields = fh.read().rsplit(") ", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+            fields = [int(x) for x in fh.read().rsplit(") ", 1)[1].split()[11:15]]  # utime stime cutime cstime
+        tck = os.sysconf("SC_CLK_TCK")
+        parts["zygote"], parts["children"] = (fields[0] + fields[1]) / tck, (fields[2] + fields[3]) / tck
     except OSError:
         pass
-    return total
+    return parts
+
+
+def _cpu_seconds(zygote_pid: int) -> float:
+    """CPU used so far by this process (all threads) plus the zygote and its reaped children."""
+    return sum(_cpu_parts(zygote_pid).values())
 
 
 def _idle_fraction(seconds: float = 1.0) -> float:
@@ -175,13 +181,14 @@ def main() -> int:
     idle = _idle_fraction()
     scaling = machine_scaling()
     zpid = ex._zygote().pid
-    c0, n0 = _cpu_seconds(zpid), time.perf_counter()
-    calls = 40
+    p0 = _cpu_parts(zpid)
+    calls = 200
     for _ in range(calls):
         ex.call_sync(spec, "karen_run", kwargs, fork, limits)
     time.sleep(0.5)  # let the last cleanup and standby fork land in the numbers
-    cpu_per_call = (_cpu_seconds(zpid) - c0) / calls
-    del n0
+    p1 = _cpu_parts(zpid)
+    cpu_parts = {k: (p1[k] - p0[k]) / calls for k in p0}
+    cpu_per_call = sum(cpu_parts.values())
     one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 1, args.seconds)
     two = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 2, args.seconds)
     specs = [spec, spec2]
@@ -216,12 +223,15 @@ def main() -> int:
     print(f"machine's own 2-process gain = {scaling:.2f}x for pure CPU work (the ceiling for the ratios below)")
     print(f"fork-per-call CPU per call   = {cpu_per_call * 1000:.1f} ms (host + zygote + children), so at most "
           f"{(os.cpu_count() or 1) / cpu_per_call:.0f} calls/s on {os.cpu_count()} idle CPUs")
+    print("  of which                   : " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in cpu_parts.items())
+          + " (children: fork faults, layers, the call, exit)")
     print(f"fork-per-call throughput     : 1 caller {one:.1f}/s, 2 callers {two:.1f}/s = {two / one:.2f}x (target >= 1.7x)")
     print(f"warm-mode throughput         : 1 caller {warm_one:.1f}/s, 2 callers {warm_two:.1f}/s = "
           f"{warm_two / warm_one:.2f}x")
     results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "idle_fraction": idle,
                "machine_2proc_scaling": scaling,
-               "fork_cpu_ms_per_call": cpu_per_call * 1000, "throughput": {
+               "fork_cpu_ms_per_call": cpu_per_call * 1000,
+               "fork_cpu_ms_per_call_parts": {k: v * 1000 for k, v in cpu_parts.items()}, "throughput": {
         "fork_1": one, "fork_2": two, "fork_ratio": two / one, "warm_1": warm_one, "warm_2": warm_two,
         "warm_ratio": warm_two / warm_one}}
     if args.json:
