@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("karen_hooks.sandbox")
 _EXIT_WAIT = 1.0
+_STANDBY_WAIT = 1.0  # longest wait for a slot's standby child being forked, else the zygote forks one
 
 
 class _Worker:
@@ -91,6 +92,7 @@ class _Worker:
         try:
             self.zyg = ex._zygote()
             fds = [cs.fileno(), out_w, err_w]
+            self.zyg.wait_standby(slot.index, _STANDBY_WAIT)
             sb = self.zyg.take_standby(slot.index)
             if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
                 # Through the zygote: it must never hold a plugin's env or a caller's params

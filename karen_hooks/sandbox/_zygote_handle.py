@@ -48,6 +48,7 @@ class _Zygote:
         self._pending: dict[str, dict[str, Any]] = {}
         # slot -> (pid, socket) of its pre-forked standby child
         self.standby: dict[int, tuple[int, socket.socket]] = {}
+        self._preparing: set[int] = set()  # slots whose standby child is being forked
         self._by_pid: dict[int, str] = {}
         self._cond = threading.Condition()
         self.alive = True
@@ -83,6 +84,8 @@ class _Zygote:
                 with self._cond:
                     old = self.standby.pop(int(msg.get("slot", -1)), None)
                     self.standby[int(msg.get("slot", -1))] = (int(msg.get("pid", 0)), sock)
+                    self._preparing.discard(int(msg.get("slot", -1)))
+                    self._cond.notify_all()
                 if old is not None:
                     old[1].close()
                 continue
@@ -102,6 +105,22 @@ class _Zygote:
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
 
+    def wait_standby(self, slot: int, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the standby child of ``slot`` if one is being forked.
+
+        A slot goes back to the free list as soon as its standby is requested; a
+        call that takes it right away waits the ~2 ms for that standby instead of
+        having the zygote fork another child on the call's critical path (whose
+        cleanup would also kill the standby that then joins the slot's cgroup).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while slot not in self.standby and slot in self._preparing and self.alive:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
     def take_standby(self, slot: int) -> tuple[int, socket.socket] | None:
         with self._cond:
             return self.standby.pop(slot, None)
@@ -115,8 +134,14 @@ class _Zygote:
     def prepare(self, slot: _Slot) -> None:
         """Ask for a standby child for ``slot`` (forked and placed in its cgroup ahead of time)."""
         procs = slot.cg.procs_files if slot.cg is not None else []
-        with contextlib.suppress(OSError), self._send_lock:
-            self.ctrl.send(json.dumps({"op": "prepare", "slot": slot.index, "cgroup_procs": procs}).encode())
+        with self._cond:
+            self._preparing.add(slot.index)
+        try:
+            with self._send_lock:
+                self.ctrl.send(json.dumps({"op": "prepare", "slot": slot.index, "cgroup_procs": procs}).encode())
+        except OSError:
+            with self._cond:
+                self._preparing.discard(slot.index)
 
     def spawn(self, call_id: str, slot: int, cfg: dict[str, Any], fds: list[int]) -> None:
         with self._cond:
