@@ -104,6 +104,17 @@ class _Exchange:
         self.stderr = ""
 
 
+def _send_some(sock: socket.socket, outbuf: bytearray) -> None:
+    """Send what the socket takes now; drop the rest if the peer is gone."""
+    try:
+        n = sock.send(outbuf)
+        del outbuf[:n]
+    except BlockingIOError:
+        pass
+    except OSError:
+        outbuf.clear()
+
+
 def _drive(
     ch: _Channel, request: bytes, limits: Limits, memory: MemoryBridge | None,
     loop: asyncio.AbstractEventLoop | None, deadline: float,
@@ -119,13 +130,7 @@ def _drive(
     rpcs = 0
     try:
         # the request usually goes out in one send; only a huge one needs the selector
-        try:
-            n = ch.sock.send(outbuf)
-            del outbuf[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            outbuf.clear()
+        _send_some(ch.sock, outbuf)
         if outbuf:
             sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
             want_write = True
@@ -149,13 +154,7 @@ def _drive(
             for key, mask in sel.select(timeout):
                 if key.fileobj is ch.sock:
                     if mask & selectors.EVENT_WRITE and outbuf:
-                        try:
-                            n = ch.sock.send(outbuf)
-                            del outbuf[:n]
-                        except BlockingIOError:
-                            pass
-                        except OSError:
-                            outbuf.clear()
+                        _send_some(ch.sock, outbuf)
                     if want_write and not outbuf:
                         sel.modify(ch.sock, selectors.EVENT_READ)
                         want_write = False
