@@ -38,6 +38,11 @@ class _ContextStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        # The real stream is not ours to close; and IOBase.__del__ calls close(),
+        # which must not flush a stream its owner (e.g. pytest) already closed.
+        pass
+
     def isatty(self) -> bool:
         return _buffers.get() is None and self._real.isatty()
 

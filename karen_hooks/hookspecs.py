@@ -1,7 +1,7 @@
 """The plugin contract: every hook a karen-hooks plugin can implement.
 
 This module is the plugin author's reference. ``docs/hookspecs.md`` is
-generated from these docstrings (``python -m karen_hooks.docs_gen``) and a
+generated from these docstrings (``python -m karen_hooks._docgen``) and a
 test fails when the two drift apart.
 
 Implement a hook by defining a function of the same name in the module (or

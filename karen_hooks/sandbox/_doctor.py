@@ -36,6 +36,13 @@ LAYERS: dict[str, str] = {
 }
 
 
+def _as_int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
 def statuses_from(child: dict[str, list[Any]], cgroups: Any, tmpfs_ok: bool, tmpfs_why: str) -> list[LayerStatus]:
     out = [LayerStatus("exec_zygote", True, "python -I, empty environment, close_fds, new session")]
     for name in ("session", "rlimits", "uid", "netns", "seccomp"):
@@ -45,8 +52,14 @@ def statuses_from(child: dict[str, list[Any]], cgroups: Any, tmpfs_ok: bool, tmp
     ll_err = child.get("landlock", [False, "Landlock unavailable"])[1]
     for name, need in (("landlock_fs", 1), ("landlock_net", 4), ("landlock_scope", 6)):
         ok = bool(child.get(name, [False])[0])
-        detail = f"ABI {abi[1]}" if ok else (
-            f"kernel Landlock ABI {abi[1]} < {need}" if abi[0] else f"Landlock unavailable: {ll_err}")
+        if ok:
+            detail = f"ABI {abi[1]}"
+        elif not abi[0]:
+            detail = f"Landlock unavailable: {ll_err}"
+        elif _as_int(abi[1]) < need:
+            detail = f"kernel Landlock ABI {abi[1]} < {need}"
+        else:  # the kernel is new enough; building or applying the ruleset failed
+            detail = f"Landlock ABI {abi[1]} but the layer could not be applied: {ll_err}"
         out.append(LayerStatus(name, ok, detail))
     if cgroups.active:
         kind = "v2" if cgroups.v2 else "v1"
