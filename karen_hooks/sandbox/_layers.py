@@ -156,7 +156,7 @@ def seccomp_available() -> tuple[bool, str]:
     try:
         import pyseccomp  # noqa: F401
     except Exception as exc:  # ImportError, or OSError when libseccomp is missing
-        return False, f"pyseccomp unavailable ({exc}); install karen-hooks[seccomp]"
+        return False, f"pyseccomp unavailable ({exc}); pip install pyseccomp (and the system's libseccomp)"
     return True, "pyseccomp"
 
 
