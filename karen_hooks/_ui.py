@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
-from ._models import UserContext
+from ._models import _INTENT_NAME, UserContext
 from ._rbac import check_access
 
 #: Component types a plugin may return.
@@ -34,7 +34,6 @@ Scalar = StrictStr | int | float | StrictBool | None
 
 _TAG = re.compile(r"<\s*/?\s*[A-Za-z!?]|<\s*/\s*>|&#|&[A-Za-z]+;")
 _SCRIPT_URL = re.compile(r"^\s*(javascript|vbscript|data|file)\s*:", re.IGNORECASE)
-_INTENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class _Strict(BaseModel):
@@ -52,7 +51,7 @@ class Action(_Strict):
     """A button: run ``intent`` (through the host, with the caller's roles) with ``params``."""
 
     label: StrictStr = Field(max_length=100)
-    intent: StrictStr = Field(pattern=_INTENT_NAME)
+    intent: StrictStr = Field(pattern=_INTENT_NAME.pattern)  # the same rule as Intent.name
     params: dict[StrictStr, Any] = Field(default_factory=dict)
 
 
