@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -47,7 +48,13 @@ def karen_intent() -> list[dict[str, Any]]:
 
 
 @hookimpl
-def karen_run(intent: str, params: CurrentParams) -> dict[str, Any]:
+async def karen_run(intent: str, params: CurrentParams) -> dict[str, Any]:
+    # The HTTP provider blocks on the network: off the event loop when a host trusts us in-process.
+    return await asyncio.to_thread(run_intent, intent, params)
+
+
+def run_intent(intent: str, params: CurrentParams) -> dict[str, Any]:
+    """The answer for ``intent`` (blocking: may call the weather API)."""
     provider = provider_from_env()
     now = provider.current(params.city)
     out = {"city": now["city"], "conditions": now["conditions"], "humidity": now["humidity"], "provider": provider.name}
@@ -83,4 +90,5 @@ __all__ = [
     "karen_intent",
     "karen_render_prompt",
     "karen_run",
+    "run_intent",
 ]

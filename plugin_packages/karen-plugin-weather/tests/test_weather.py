@@ -1,3 +1,4 @@
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -5,22 +6,22 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from karen_plugin_weather import CurrentParams, ForecastParams, karen_run
+from karen_plugin_weather import CurrentParams, ForecastParams, karen_run, run_intent
 from karen_plugin_weather.providers import HTTPProvider, OfflineProvider, UnknownCity, provider_from_env
 
 
 def test_offline_current_is_deterministic() -> None:
-    out = karen_run("weather.current", CurrentParams(city="New York"))
+    out = asyncio.run(karen_run("weather.current", CurrentParams(city="New York")))
     assert out == {"city": "nyc", "conditions": "partly cloudy", "humidity": 60, "provider": "offline", "temp": 22.2, "unit": "C"}
 
 
 def test_imperial_units() -> None:
-    out = karen_run("weather.current", CurrentParams(city="paris", units="imperial"))
+    out = run_intent("weather.current", CurrentParams(city="paris", units="imperial"))
     assert (out["temp"], out["unit"]) == (57.2, "F")
 
 
 def test_forecast_days() -> None:
-    out = karen_run("weather.forecast", ForecastParams(city="Tokyo", days=2))
+    out = run_intent("weather.forecast", ForecastParams(city="Tokyo", days=2))
     assert [d["temp"] for d in out["days"]] == [18.0, 19.5]
 
 
