@@ -145,13 +145,18 @@ class PluginManager:
         if status.error is not None:
             run.warnings.append(f"memory: this run was not remembered ({status.error})")
 
+    def _authorize(self, name: str, user_ctx: Any, intent: str | None) -> tuple[UserContext, PluginInfo, Intent]:
+        """The caller, what they call, and whether their roles admit them, in that order."""
+        user = UserContext.parse(user_ctx)
+        info, it = self.router.resolve(name, intent)
+        check_access(info.name, it, user.roles, self.settings)
+        return user, info, it
+
     def _prepare(
         self, name: str, params: Any, user_ctx: Any, intent: str | None
     ) -> tuple[UserContext, PluginInfo, Intent, Any]:
         """Every check that happens before plugin code runs, in order."""
-        user = UserContext.parse(user_ctx)
-        info, it = self.router.resolve(name, intent)
-        check_access(info.name, it, user.roles, self.settings)
+        user, info, it = self._authorize(name, user_ctx, intent)
         return user, info, it, validate_params(info.name, it, params)
 
     def _context(self, user: UserContext, info: PluginInfo, it: Intent) -> PluginContext:

@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
-from ._models import _INTENT_NAME, UserContext
-from ._rbac import check_access
+from ._models import _INTENT_NAME
 
 #: Component types a plugin may return.
 COMPONENT_TYPES = ("card", "table", "list", "form", "text", "image")
@@ -226,10 +225,8 @@ async def ui_component_for(
     run at all. Otherwise the hook runs in-host (trusted) or in the sandbox,
     and its answer goes through :func:`validate_component`.
     """
-    user = UserContext.parse(user_ctx)
-    info, it = manager.router.resolve(name, intent)
+    user, info, it = manager._authorize(name, user_ctx, intent)
     settings: Settings = manager.settings
-    check_access(info.name, it, user.roles, settings)
     reason = ui_disabled_reason(settings, info.name, info.ui_trusted or settings.plugin(info.name).ui_trusted)
     if reason is not None:
         return UIComponentResult(info.name, it.name, None, reason)
