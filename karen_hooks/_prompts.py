@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
@@ -147,11 +147,6 @@ def read_package_template(root: str | None, intent: str) -> str | None:
         return None
     with open(path, encoding="utf-8") as fh:
         return fh.read(MAX_TEMPLATE_CHARS + 1)
-
-
-def iter_templates(root: str) -> Iterable[str]:
-    """Names of the ``*.j2`` files directly in ``root`` (sorted)."""
-    return sorted(n for n in os.listdir(root) if n.endswith(".j2"))
 
 
 # -- host side: PluginManager.render_prompt delegates here ---------------------
