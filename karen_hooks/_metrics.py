@@ -41,6 +41,11 @@ _MEMORY_OUTCOMES = {"ok": "ok", "failed": "error", "error": "error", "retry": "r
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` when set (multiprocess mode), else ``None``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
 class _Bounded:
     """Maps free-form label values to themselves until ``cap`` distinct ones are seen, then to ``_other``."""
 
@@ -174,7 +179,7 @@ class Metrics:
         self.registry = registry
         r = registry
         #: multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set when this object is created)
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+        self.multiprocess = multiprocess_dir() is not None
         self.calls: Counter | None = None
         self.duration: Histogram | None = None
         self.in_flight: Gauge | None = None

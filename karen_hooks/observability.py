@@ -13,7 +13,6 @@ helpers aggregate every process's metrics. See docs/operations.md.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, TextIO
 
@@ -22,7 +21,7 @@ from prometheus_client import make_asgi_app as _make_asgi_app
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 
 from ._audit import AUDIT_FIELDS, AUDIT_LOGGER, JsonFormatter, configure_audit_log
-from ._metrics import OUTCOMES, Metrics, get_metrics, memory_op, sandbox_event
+from ._metrics import OUTCOMES, Metrics, get_metrics, memory_op, multiprocess_dir, sandbox_event
 from ._tracing import enable_hook_tracing, otel_available
 
 __all__ = [
@@ -46,11 +45,6 @@ __all__ = [
     "serve_forever",
     "serve_metrics",
 ]
-
-
-def multiprocess_dir() -> str | None:
-    """``PROMETHEUS_MULTIPROC_DIR`` when set (multiprocess mode), else ``None``."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
 def exposure_registry(registry: CollectorRegistry | None = None) -> CollectorRegistry:
