@@ -18,7 +18,7 @@ from typing import Any
 from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
 
 from ._errors import TemplateError, TemplateSecurityError
-from ._template_sandbox import MAX_OUTPUT, MAX_TEMPLATE_CHARS, KarenSandbox, PluginTemplateLoader, _compile
+from ._template_sandbox import MAX_OUTPUT, KarenSandbox, PluginTemplateLoader, _compile
 
 
 def build_variables(
@@ -139,14 +139,11 @@ def read_package_template(root: str | None, intent: str) -> str | None:
     """The source of ``<root>/<intent>.j2`` (the naming convention), or ``None``."""
     if not root:
         return None
-    try:
-        path = PluginTemplateLoader(root).resolve(f"{intent}.j2")
-    except SecurityError:
+    try:  # the loader {% include %} uses: the same path checks and read cap
+        source, _, _ = PluginTemplateLoader(root).get_source(None, f"{intent}.j2")
+    except (SecurityError, TemplateNotFound):
         return None
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return fh.read(MAX_TEMPLATE_CHARS + 1)
+    return source
 
 
 # -- host side: PluginManager.render_prompt delegates here ---------------------
