@@ -39,6 +39,11 @@ def _dist_of(ep: EntryPoint) -> Distribution | None:
     return getattr(ep, "dist", None)
 
 
+def wanted(name: str, load: list[str] | None, disable: list[str]) -> bool:
+    """Whether the allow list ``load`` (``None``: all) and the deny list ``disable`` let ``name`` load."""
+    return (load is None or name in load) and name not in disable
+
+
 def find_entry_points(load: list[str] | None, disable: list[str]) -> list[Candidate]:
     """Installed ``karen.plugins`` entry points, filtered by name (nothing is imported).
 
@@ -47,9 +52,7 @@ def find_entry_points(load: list[str] | None, disable: list[str]) -> list[Candid
     """
     found: list[Candidate] = []
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        if load is not None and ep.name not in load:
-            continue
-        if ep.name in disable:
+        if not wanted(ep.name, load, disable):
             continue
         dist = _dist_of(ep)
         found.append(

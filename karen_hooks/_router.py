@@ -22,6 +22,7 @@ from ._loader import (
     load_target,
     register,
     spec_for,
+    wanted,
 )
 from ._matching import IntentMatch, match_intents, router_tool_schemas
 from ._metrics import get_metrics
@@ -127,8 +128,7 @@ class PluginRouter:
             raise PluginLoadError(p.plugin, "; ".join(f"{q.plugin}: {q.reason}" for q in self.problems), p.distribution)
 
     def _wanted(self, name: str) -> bool:
-        s = self.settings
-        return (s.load_plugins is None or name in s.load_plugins) and name not in s.disable_plugins
+        return wanted(name, self.settings.load_plugins, self.settings.disable_plugins)
 
     def _problem(self, problem: LoadProblem) -> None:
         where = f" from distribution {problem.distribution}" if problem.distribution else ""
