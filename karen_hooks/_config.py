@@ -39,14 +39,6 @@ def parse_bool(value: str, name: str) -> bool:
     raise ConfigError(f"{name}={value!r} is not a boolean: use one of 1/true/yes/on or 0/false/no/off")
 
 
-def env_bool(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if environ is None else environ
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return parse_bool(raw, name)
-
-
 def env_list(name: str, environ: Mapping[str, str] | None = None) -> list[str] | None:
     """A comma-separated list; ``None`` when unset, ``[]`` when set to the empty string."""
     env = os.environ if environ is None else environ
