@@ -166,12 +166,7 @@ class MemoryManager:
         self, user_ctx: Any, query: str, payload: Any, *, ttl_seconds: float | None = None, plugin: str | None = None
     ) -> MemoryRecord:
         """Store one record for the caller; retried up to ``write_attempts`` times, then raises."""
-        tenant, user = self.resolve(user_ctx)
-        record = MemoryRecord.create(tenant, user, query, payload, plugin=plugin, ttl_seconds=ttl_seconds)
-        status = self._store(tenant, [record], plugin=plugin)
-        if not status.ok:
-            raise MemoryBackendError(f"memory write failed after {status.attempts} attempt(s): {status.error}")
-        return record
+        return self.write_many(user_ctx, [(query, payload)], ttl_seconds=ttl_seconds, plugin=plugin)[0]
 
     def write_many(
         self, user_ctx: Any, items: Iterable[tuple[str, Any]], *, ttl_seconds: float | None = None,
