@@ -72,13 +72,7 @@ def open_router(args: Any, **overrides: Any) -> Iterator[PluginRouter]:
     try:
         yield router
     finally:
-        close_router(router)
-
-
-def close_router(router: PluginRouter) -> None:
-    executor = router._executor
-    if executor is not None:
-        executor.close()
+        router.close()
 
 
 def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from ._cli_common import (
     CliError,
-    close_router,
     make_router,
     parse_params,
     parse_value,
@@ -44,7 +43,7 @@ def _call(args: argparse.Namespace, work: Callable[[PluginManager, dict[str, Any
             sys.stderr.write(exc.plugin_traceback)
         raise
     finally:
-        close_router(manager.router)
+        manager.router.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

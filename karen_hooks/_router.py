@@ -105,6 +105,11 @@ class PluginRouter:
             self._executor_made = True
         return self._executor
 
+    def close(self) -> None:
+        """Stop the sandbox this router started (its zygote and workers), if any. Idempotent."""
+        if self._executor is not None:
+            self._executor.close()
+
     def discover(self) -> None:
         """(Re)load every plugin. Safe to call again after installing plugins."""
         self._plugins.clear()

@@ -102,9 +102,7 @@ class KarenHost:
         return self.router.list_intents()
 
     def close(self) -> None:
-        executor = self.router._executor
-        if executor is not None:
-            executor.close()
+        self.router.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
