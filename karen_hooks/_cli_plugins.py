@@ -17,6 +17,14 @@ from ._router import PluginRouter
 ALL_HOOKS = hookspecs.PER_PLUGIN_HOOKS + hookspecs.HOST_EXTENSION_HOOKS
 
 
+def _intent_cell(names: list[str], shown: int = 3) -> str:
+    """A table cell for a plugin's intents: the first few, then how many more (``--json`` has them all)."""
+    if not names:
+        return "-"
+    more = len(names) - shown
+    return ",".join(names[:shown]) + (f" (+{more} more)" if more > 0 else "")
+
+
 def known_hooks(router: PluginRouter, info: PluginInfo) -> list[str] | None:
     """Hooks the plugin implements, when that can be known without running untrusted code in the host.
 
@@ -121,7 +129,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             r["name"],
             r["version"] or "-",
             r["distribution"] or (f"(directory: {r['category']})" if r["kind"] == "directory" else "-"),
-            ",".join(i["name"] for i in r["intents"]) or "-",
+            _intent_cell([i["name"] for i in r["intents"]]),
             "-" if r["trusted"] is None else ("yes" if r["trusted"] else "no"),
             r["sandbox"] or "-",
             ",".join(r["required_roles"]) or ("-" if r["error"] else "(any)"),
