@@ -19,6 +19,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from ._models import UserContext
+
 AUDIT_LOGGER = "karen_hooks.audit"
 audit_log = logging.getLogger(AUDIT_LOGGER)
 
@@ -84,6 +86,8 @@ def configure_audit_log(
 
 def _user_fields(user_ctx: Any) -> tuple[Any, Any, Any]:
     """``(tenant, user, roles)`` from a raw or parsed user_ctx, best effort (it may be the invalid part)."""
+    if type(user_ctx) is UserContext:  # parsed: every field is already a str (the hot path)
+        return user_ctx.tenant_id, user_ctx.user_id, [r if len(r) <= 64 else r[:64] for r in user_ctx.roles]
     if isinstance(user_ctx, dict):
         get = user_ctx.get
         tenant, user, roles = get("tenant_id"), get("user_id"), get("roles")
@@ -108,6 +112,7 @@ def _template() -> dict[str, Any]:
 
 
 _TEMPLATE = _template()
+_START: float = getattr(logging, "_startTime", time.time())
 
 
 def _after_fork() -> None:  # the child's process id and name differ
@@ -120,24 +125,80 @@ if hasattr(os, "register_at_fork"):
 
 
 class AuditRecord(logging.LogRecord):
-    """An ordinary LogRecord for handlers and formatters, built ~2x faster than by the generic
-    constructor: the per-process attributes come from a template, only time, thread and args
-    are filled per record. (``logging.setLogRecordFactory`` is not consulted for audit records.)"""
+    """An ordinary LogRecord for handlers and formatters, built several times faster than by the
+    generic constructor: the per-process attributes and a call site's fixed fields come from a
+    prepared dict (see :func:`audit_site`); only time, thread, caller and outcome are filled per
+    record. (``logging.setLogRecordFactory`` is not consulted for audit records.)"""
 
     def __init__(self, args: tuple[Any, ...], extra: dict[str, Any]) -> None:  # noqa: D107
         d = _TEMPLATE.copy()
         d.update(extra)
-        ct = time.time()
         d["args"] = args
-        d["created"] = ct
-        d["msecs"] = (ct - int(ct)) * 1000.0
-        d["relativeCreated"] = (ct - _START) * 1000.0
-        d["thread"] = threading.get_ident()
-        d["threadName"] = threading.current_thread().name
+        _stamp(d)
         self.__dict__ = d
 
 
-_START: float = getattr(logging, "_startTime", time.time())
+_new_record = AuditRecord.__new__
+_time = time.time
+_current_thread = threading.current_thread
+_get_ident = threading.get_ident
+
+
+def _stamp(d: dict[str, Any]) -> None:
+    """The per-record attributes every LogRecord carries: time, thread and process."""
+    ct = _time()
+    d["created"] = ct
+    d["msecs"] = ct % 1.0 * 1000.0
+    d["relativeCreated"] = (ct - _START) * 1000.0
+    if logging.logThreads:  # the stdlib's switch for thread fields, honoured as LogRecord does
+        d["thread"], d["threadName"] = _get_ident(), _current_thread()._name  # type: ignore[attr-defined]
+    else:
+        d["thread"] = d["threadName"] = None
+    t = _TEMPLATE  # after a fork, the child's own process id and name (a site may predate the fork)
+    d["process"] = t["process"]
+    d["processName"] = t["processName"]
+
+
+def audit_site(plugin: str | None, intent: str | None, sandbox_mode: str | None, requested: Any) -> dict[str, Any]:
+    """The fields of every record of one call site (what was requested, what it resolved to), prepared once.
+
+    Callers that audit the same site repeatedly keep this and pass it to :func:`audit_ok`.
+    """
+    d = _TEMPLATE.copy()
+    d.update(dict.fromkeys(AUDIT_FIELDS))  # every key present: per-record stores overwrite, never grow the dict
+    d.update(plugin=plugin, intent=intent, sandbox_mode=sandbox_mode, requested=str(requested)[:128])
+    return d
+
+
+def audit_ok(site: dict[str, Any], user_ctx: Any, duration: float, params: Any, result: Any, include_params: bool) -> None:
+    """Emit the record of a successful call of ``site``.
+
+    The hot path of an audited call, so it is written for speed (each choice
+    measured): a copy of the site's prepared dict, which already holds every
+    key, so each store below overwrites and the dict never grows; no keyword
+    arguments; no ``extra`` merge.
+    """
+    d = site.copy()
+    if type(user_ctx) is UserContext:  # parsed: every field is already a str
+        d["tenant"] = user_ctx.tenant_id
+        d["user"] = user_ctx.user_id
+        d["roles"] = roles = list(user_ctx.roles)
+        for r in roles:
+            if len(r) > 64:
+                d["roles"] = [r[:64] for r in roles]
+                break
+    else:
+        d["tenant"], d["user"], d["roles"] = _user_fields(user_ctx)
+    d["outcome"] = "ok"
+    d["duration_seconds"] = duration
+    d["args"] = (d["plugin"], d["intent"], "ok", duration * 1000.0)
+    if include_params:
+        d["params"] = params
+        d["result"] = result
+    _stamp(d)
+    record = _new_record(AuditRecord)
+    record.__dict__ = d
+    audit_log.handle(record)
 
 
 def audit_call(

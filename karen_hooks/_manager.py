@@ -176,9 +176,20 @@ class PluginManager:
 
         Returns a :class:`RunResult` that unpacks as ``result, stdout, stderr``.
         """
-        if self.observer is None:
+        observer = self.observer
+        if observer is None:
             return await self._run_plugin(name, params, user_ctx, intent)
-        return await self.observer.observe(self._run_plugin(name, params, user_ctx, intent), name, params, user_ctx, intent)
+        call = observer.begin(name, intent)
+        if call is None:  # could not be observed (logged): runs as if unobserved
+            return await self._run_plugin(name, params, user_ctx, intent)
+        try:
+            user = UserContext.parse(user_ctx)  # the first check of every call; parsed once, audited as parsed
+            run = await self._run_plugin(name, params, user, intent)
+        except BaseException as exc:
+            observer.failed(call, exc, name, params, user_ctx)
+            raise
+        observer.ok(call, run, params, user)
+        return run
 
     async def _run_plugin(
         self, name: str, params: dict[str, Any] | None, user_ctx: dict[str, Any] | UserContext | None, intent: str | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import (
     AccessDenied,
@@ -40,6 +40,9 @@ class CallObserver:
 
     Labels come from names the router resolved; the resolution is cached per
     requested ``(name, intent)`` and re-checked against the router on each hit.
+    The manager calls :meth:`begin` before a call and :meth:`ok` or
+    :meth:`failed` after it: plain calls, not a wrapping coroutine, because this
+    runs on every call.
     """
 
     def __init__(self, manager: Any, metrics: Metrics) -> None:
@@ -48,110 +51,116 @@ class CallObserver:
         self.manager = manager
         self.metrics = metrics
         self._audit = _audit.audit_call
-        self._audit_log = _audit.audit_log
+        self._audit_ok = _audit.audit_ok
+        self._audit_site = _audit.audit_site
+        self._audit_enabled = _audit.audit_log.isEnabledFor
         self._start_span = _tracing.start_span if _tracing.otel_available() else None
         self._trace_line = _tracing.trace_line
-        self._resolved: dict[tuple[str, str | None], tuple[Any, str, CallSeries, str]] = {}
+        self._resolved: dict[tuple[str, str | None], _Site] = {}
 
-    def _lookup(self, name: str, intent: str | None) -> tuple[Any, str | None, CallSeries, str | None]:
-        """``(info, intent name, series, sandbox mode)``; info is ``None`` when the name resolves to nothing."""
+    def _lookup(self, name: str, intent: str | None) -> _Site:
+        """What ``(name, intent)`` resolves to now; ``info`` is ``None`` when it resolves to nothing."""
         router = self.manager.router
         try:
             hit = self._resolved.get((name, intent))
         except TypeError:  # an unhashable name: the call itself will say what is wrong
-            return None, None, self.metrics.unknown_series(), None
-        if hit is not None and router._plugins.get(hit[0].name) is hit[0]:
+            return _Site(None, None, self.metrics.unknown_series(), None, None)
+        if hit is not None and router._plugins.get(hit.info.name) is hit.info:
             return hit
         try:
             info, it = router.resolve(name, intent)
         except Exception:  # noqa: BLE001 - an unknown name is counted, the call itself raises the real error
-            return None, None, self.metrics.unknown_series(), None
+            return _Site(None, None, self.metrics.unknown_series(), None, None)
         settings = self.manager.settings
         mode = settings.plugin(info.name).mode if info.sandboxed else "in_host"
-        hit = (info, it.name, self.metrics.series(info.name, it.name), mode)
+        site = _Site(info, it.name, self.metrics.series(info.name, it.name), mode, self._audit_site(info.name, it.name, mode, name))
         if len(self._resolved) < 4096:
-            self._resolved[(name, intent)] = hit
-        return hit
+            self._resolved[(name, intent)] = site
+        return site
 
-    async def observe(self, call: Any, name: str, params: Any, user_ctx: Any, intent: str | None) -> Any:
-        """Await ``call`` (the run_plugin coroutine) and record what happened."""
+    def begin(self, name: str, intent: str | None) -> _Call | None:
+        """Start observing a call of ``name``; ``None`` when it cannot be observed (it then runs unobserved)."""
         try:
-            info, it_name, series, mode = self._lookup(name, intent)
+            site = self._lookup(name, intent)
             span = self._start_span(name) if self._start_span is not None else None
-            trace = self.manager.settings.trace_plugins and info is not None and info.sandboxed
+            trace = self.manager.settings.trace_plugins and site.info is not None and site.info.sandboxed
             if trace:
-                self._trace_line(f"{info.name}.karen_run(intent={it_name!r}) [sandbox {mode}]")
-            series.start()
+                self._trace_line(f"{site.info.name}.karen_run(intent={site.intent!r}) [sandbox {site.mode}]")
+            site.series.start()
         except Exception:  # noqa: BLE001 - observing must never stop a call
             log.exception("karen-hooks could not observe this call; it runs unobserved")
-            return await call
-        t0 = perf_counter()
-        try:
-            result = await call
-        except BaseException as exc:
-            dt = perf_counter() - t0
-            try:
-                self._failed(exc, dt, info, it_name, series, mode, name, params, user_ctx, span, trace)
-            except Exception:  # noqa: BLE001 - never replace the call's own exception
-                log.exception("karen-hooks could not record a failed call")
-            raise
-        dt = perf_counter() - t0
-        series.finish("ok", dt)
-        if span is not None:
-            span.end(info.name, it_name, "ok", None)
-        if trace:
-            self._trace_line(f"{info.name}.karen_run returned in {dt * 1000.0:.3f} ms [sandbox]")
-        if self._audit_log.isEnabledFor(20):  # logging.INFO
-            self._audit(
-                user_ctx=user_ctx,
-                plugin=info.name,
-                intent=it_name,
-                outcome="ok",
-                duration=dt,
-                sandbox_mode=mode,
-                requested=name,
-                params=params,
-                result=getattr(result, "result", None),
-                include_params=self.manager.settings.audit_params,
-            )
-        return result
+            return None
+        return (site, span, trace, perf_counter())
 
-    def _failed(
-        self,
-        exc: BaseException,
-        dt: float,
-        info: Any,
-        it_name: str | None,
-        series: CallSeries,
-        mode: str | None,
-        name: str,
-        params: Any,
-        user_ctx: Any,
-        span: Any,
-        trace: bool,
-    ) -> None:
+    def ok(self, call: _Call, result: Any, params: Any, user: Any) -> None:
+        """Record a call that returned ``result`` (a RunResult); ``user`` is the parsed caller. Never raises."""
+        site, span, trace, t0 = call
+        dt = perf_counter() - t0
+        try:
+            site.series.finish("ok", dt)
+            plugin = site.series.plugin
+            if span is not None:
+                span.end(plugin, site.intent, "ok", None)
+            if trace:
+                self._trace_line(f"{plugin}.karen_run returned in {dt * 1000.0:.3f} ms [sandbox]")
+            if self._audit_enabled(20):  # logging.INFO
+                value = getattr(result, "result", None)
+                if site.audit is not None:
+                    self._audit_ok(site.audit, user, dt, params, value, self.manager.settings.audit_params)
+                else:  # resolved to nothing when the call began, yet it ran: audited the slow way
+                    name = getattr(result, "plugin", None)
+                    self._audit(user_ctx=user, plugin=name, intent=getattr(result, "intent", None), outcome="ok",
+                                duration=dt, sandbox_mode=None, requested=str(name), params=params, result=value,
+                                include_params=self.manager.settings.audit_params)
+        except Exception:  # noqa: BLE001 - the call succeeded; observing it must not turn it into a failure
+            log.exception("karen-hooks could not record a call")
+
+    def failed(self, call: _Call, exc: BaseException, name: str, params: Any, user_ctx: Any) -> None:
+        """Record a call that raised ``exc``; never raises itself (the call's own exception must win)."""
+        try:
+            self._failed(call, exc, name, params, user_ctx)
+        except Exception:  # noqa: BLE001 - never replace the call's own exception
+            log.exception("karen-hooks could not record a failed call")
+
+    def _failed(self, call: _Call, exc: BaseException, name: str, params: Any, user_ctx: Any) -> None:
+        site, span, trace, t0 = call
+        dt = perf_counter() - t0
         outcome = classify(exc)
-        series.finish(outcome, dt)
+        site.series.finish(outcome, dt)
         limit = getattr(exc, "limit", None)
         if outcome == "denied":
-            self.metrics.rbac_denials.labels(series.plugin, series.intent).inc()
+            self.metrics.rbac_denials.labels(site.series.plugin, site.series.intent).inc()
         elif limit is not None:
             self.metrics.sandbox_event("limit", limit)
-        plugin = info.name if info is not None else None
+        plugin = site.info.name if site.info is not None else None
         if span is not None:
-            span.end(plugin, it_name, outcome, exc)
+            span.end(plugin, site.intent, outcome, exc)
         if trace:
             self._trace_line(f"{plugin}.karen_run raised {type(exc).__name__} in {dt * 1000.0:.3f} ms [sandbox]")
         self._audit(  # errors here would replace the call's own exception: the inputs are guarded
             user_ctx=user_ctx,
             plugin=plugin,
-            intent=it_name,
+            intent=site.intent,
             outcome=outcome,
             duration=dt,
-            sandbox_mode=mode,
+            sandbox_mode=site.mode,
             requested=name,
             limit=limit,
             error=type(exc).__name__,
             params=params,
             include_params=self.manager.settings.audit_params,
         )
+
+
+class _Site(NamedTuple):
+    """What one requested ``(name, intent)`` resolved to, with its metric series and audit fields."""
+
+    info: Any
+    intent: str | None
+    series: CallSeries
+    mode: str | None
+    audit: dict[str, Any] | None
+
+
+#: One observed call in flight: ``(site, span, trace, t0)`` (a plain tuple: built on every call).
+_Call = tuple[_Site, Any, bool, float]
