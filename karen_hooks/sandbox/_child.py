@@ -118,9 +118,16 @@ class ZygoteContext:
 def enter_session(cgroup_procs: Any) -> None:
     """A fresh session, and membership of the call's cgroup(s)."""
     os.setsid()
+    pid = str(os.getpid()).encode()
     for f in cgroup_procs:
-        with open(f, "w") as fh:
-            fh.write(str(os.getpid()))
+        # raw os calls, not open(): building a text file object touches (and so
+        # copy-on-write faults) many pages of the io machinery in every child
+        fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if os.write(fd, pid) != len(pid):
+                raise OSError(f"short write to {f}")
+        finally:
+            os.close(fd)
 
 
 def apply_layers(
