@@ -174,10 +174,10 @@ class _Worker:
         if self.slot.cg is not None:
             # every process of the call is in the slot's cgroup (a child that cannot join it
             # exits before serving), so this kills all of them; _finish repeats it until the
-            # cgroup is empty. The zygote is asked too only when something went wrong: a
-            # message per call wakes it and costs it copy-on-write faults.
-            self.slot.cg.kill_once()
-            if zyg is not None and (reason is not None or not self.started):
+            # cgroup is empty. The zygote is asked too only when something went wrong or the
+            # cgroup could not be read: a message per call wakes it and costs it copy-on-write faults.
+            covered = self.slot.cg.kill_once()
+            if zyg is not None and (reason is not None or not self.started or not covered):
                 zyg.kill_call(self.id)
         elif zyg is not None:
             zyg.kill_call(self.id)
