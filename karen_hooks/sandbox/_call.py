@@ -24,6 +24,10 @@ _MEMORY_METHODS = ("write", "read", "delete", "list")
 _FORBIDDEN_KWARG_PARTS = ("tenant", "user", "backend", "scope", "credential")
 _MAX_MEMORY_RPCS = 1000
 _SIGNAMES = {int(s): s.name for s in signal.Signals}
+# Below glibc's mmap threshold (128 KiB): a 1 MiB recv buffer was an mmap, an mremap to
+# the reply's size and a munmap per call, each a TLB shootdown in the multi-threaded host.
+# Frames are reassembled by FrameBuffer, so a large reply just takes a few more reads.
+_RECV_CHUNK = 64 << 10
 
 
 class _Stream:
@@ -161,7 +165,7 @@ def _drive(
                     if not mask & selectors.EVENT_READ:
                         continue
                     try:
-                        data = ch.sock.recv(1 << 20)
+                        data = ch.sock.recv(_RECV_CHUNK)
                     except BlockingIOError:
                         continue
                     except OSError:

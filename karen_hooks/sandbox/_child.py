@@ -7,8 +7,6 @@ only talks JSON frames to it over descriptor 3.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import inspect
 import json
 import os
 import signal
@@ -19,7 +17,7 @@ from typing import Any
 
 from . import _layers
 from ._protocol import read_frame, write_frame
-from ._serve import PROTO_FD, _jsonable, _MemoryProxy, _rewrite, _serve
+from ._serve import PROTO_FD, _rewrite, _serve
 
 # ---------------------------------------------------------------- layers
 
@@ -118,9 +116,16 @@ class ZygoteContext:
 def enter_session(cgroup_procs: Any) -> None:
     """A fresh session, and membership of the call's cgroup(s)."""
     os.setsid()
+    pid = str(os.getpid()).encode()
     for f in cgroup_procs:
-        with open(f, "w") as fh:
-            fh.write(str(os.getpid()))
+        # raw os calls, not open(): building a text file object touches (and so
+        # copy-on-write faults) many pages of the io machinery in every child
+        fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if os.write(fd, pid) != len(pid):
+                raise OSError(f"short write to {f}")
+        finally:
+            os.close(fd)
 
 
 def apply_layers(
@@ -217,7 +222,6 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext)
             # (normally the zygote has loaded it already and every child inherits it)
             z.filt.load()
             z.seccomp_loaded = True
-        _warm_up()
         data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 64)
         if not data:
             os._exit(0)
@@ -234,33 +238,6 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext)
     except BaseException:
         os._exit(71)
     _activate(cfg, base, z, ruleset)
-
-
-def _warm_up() -> None:
-    """Run, before the call arrives, the host-written code paths every call takes.
-
-    A freshly forked child pays a copy-on-write page fault for every page it
-    touches first; doing the common work (loading a module from a file, a
-    ``PluginContext``, JSON round trips) while waiting moves those faults off
-    the call's critical path. Only karen-hooks' own code runs here.
-    """
-    try:
-        from karen_hooks._models import PluginContext
-
-        from . import _protocol
-
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warmup.py")
-        mspec = importlib.util.spec_from_file_location("karen_sandbox_warmup", path)
-        if mspec is not None and mspec.loader is not None:
-            mod = importlib.util.module_from_spec(mspec)
-            mspec.loader.exec_module(mod)
-            inspect.signature(mod.run)
-            ctx = PluginContext(user_id="u", tenant_id="t", roles=["r"], intent="i", plugin="p", memory=_MemoryProxy())
-            result = mod.run({"a": [1, 2.5, "x", None, True]}, ctx)
-            frame = _protocol.encode({"op": "result", "ok": True, "result": _jsonable(result)})
-            _protocol.decode(frame[4:])
-    except Exception:  # noqa: BLE001 - an optimisation only
-        pass
 
 
 def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:

@@ -138,8 +138,9 @@ class SandboxExecutor:
         alias_fds: list[int] = []
         uid = int(cfg["uid"])
         if uid > 0:
-            for p in cfg["code_paths"] + ([cfg["spec"]["path"]] if cfg["spec"]["path"] else []):
-                if p not in aliases and os.path.isdir(p) and not _reachable(p, uid, uid):
+            # a directory plugin's folder is usually also its only code path: check it once
+            for p in dict.fromkeys(cfg["code_paths"] + ([cfg["spec"]["path"]] if cfg["spec"]["path"] else [])):
+                if os.path.isdir(p) and not _reachable(p, uid, uid):
                     aliases.append(p)
                     alias_fds.append(os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         payload = {"cfg": cfg, "ruleset": ruleset is not None, "aliases": aliases}

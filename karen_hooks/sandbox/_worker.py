@@ -171,10 +171,16 @@ class _Worker:
         if self.ch is not None:
             self.ch.close()
         zyg = getattr(self, "zyg", None)
-        if zyg is not None:
-            zyg.kill_call(self.id)
         if self.slot.cg is not None:
-            self.slot.cg.kill_once()
+            # every process of the call is in the slot's cgroup (a child that cannot join it
+            # exits before serving), so this kills all of them; _finish repeats it until the
+            # cgroup is empty. The zygote is asked too only when something went wrong or the
+            # cgroup could not be read: a message per call wakes it and costs it copy-on-write faults.
+            covered = self.slot.cg.kill_once()
+            if zyg is not None and (reason is not None or not self.started or not covered):
+                zyg.kill_call(self.id)
+        elif zyg is not None:
+            zyg.kill_call(self.id)
         if background and not self.ex._closed:
             try:
                 self.ex._cleaner.submit(self._finish)
