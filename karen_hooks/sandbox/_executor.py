@@ -187,7 +187,8 @@ class SandboxExecutor:
             if z is None:
                 uid = self._uid_base + self._nslots if self._root else -1
                 probe = {"workdir": self._base, "uid": uid, "gid": uid, "read_paths": self._read_paths,
-                         "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {}}
+                         "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {},
+                         "kill_orphans": not self._cgroups.active}  # nothing else finds a daemon then
                 z = self._zyg = _Zygote(probe)
                 self._event("start", "zygote")
                 self._set_layers(z.layers)

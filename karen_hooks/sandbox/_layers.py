@@ -67,6 +67,41 @@ def set_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def kill_orphans(known: Iterable[int]) -> int:
+    """SIGKILL every child of this (subreaper) process that is not in ``known``; returns how many.
+
+    Used by the zygote when the host has no cgroup: a double-forked ``setsid``
+    daemon escapes the call's process group, and without a cgroup nothing else
+    finds it. As the subreaper, the zygote adopts it when its parent dies, so
+    every child the zygote did not fork itself is such an orphan. Unreaped
+    children keep their pids, so the kill cannot hit a reused pid.
+    """
+    keep = set(known)
+    pids: set[int] = set()
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids.update(int(x) for x in fh.read().split())
+    except (OSError, ValueError):  # no CONFIG_PROC_CHILDREN: scan every process's parent
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if int(fh.read().rsplit(") ", 1)[1].split()[1]) == me:
+                            pids.add(int(entry))
+                except (OSError, ValueError, IndexError):
+                    continue
+    n = 0
+    for pid in pids - keep:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
 def no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 

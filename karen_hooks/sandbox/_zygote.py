@@ -151,6 +151,12 @@ def main(ctrl_fd: int) -> None:
         except Exception:  # noqa: BLE001
             pass
     status["landlock_abi"] = [abi > 0, str(abi)]
+    # No cgroup on the host (not root): a double-forked setsid daemon would outlive its call
+    # (and the host). Kill every orphan this subreaper adopts instead (see _layers.kill_orphans).
+    orphans = bool(probe_cfg.get("kill_orphans"))
+    if orphans and status.get("subreaper", [False])[0]:
+        status["subreaper"] = [True, "PR_SET_CHILD_SUBREAPER; no cgroup, so every orphan the zygote adopts "
+                                     "(a double-forked daemon) is killed when the zygote next reaps a child"]
     _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status})
 
     children: dict[int, str] = {}
@@ -170,6 +176,8 @@ def main(ctrl_fd: int) -> None:
             except BlockingIOError:
                 pass
             _reap(ctrl, children)
+            if orphans:
+                _layers.kill_orphans(children)
         if ctrl.fileno() in ready:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(ctrl, _CTRL_MAX, 3)
@@ -218,6 +226,8 @@ def main(ctrl_fd: int) -> None:
                 for pid, cid in children.items():
                     if cid == msg.get("id") or pid == msg.get("pid"):
                         _kill_group(pid)
+                if orphans:
+                    _layers.kill_orphans(children)
             elif op == "exit":
                 os._exit(0)
             else:

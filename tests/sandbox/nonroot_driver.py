@@ -1,0 +1,129 @@
+"""Driver for ``test_nonroot_host.py``: runs as an unprivileged uid, prints one line of JSON.
+
+Not a test module: the root test process starts it as ``python nonroot_driver.py CONFIG_JSON``
+after dropping to an unused uid/gid. It builds the real executor and plugin manager and
+runs the hostile plugin's attacks; the tests assert on what it prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+cfg = json.loads(sys.argv[1])
+records: list[list[str]] = []
+
+
+class _Keep(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        records.append([record.levelname, record.getMessage()])
+
+
+logging.getLogger("karen_hooks").addHandler(_Keep())
+logging.getLogger("karen_hooks").setLevel(logging.DEBUG)
+
+from karen_hooks import Limits, PluginManager, PluginRouter, PluginSettings, PluginSpec, load_settings  # noqa: E402
+from karen_hooks.sandbox import SandboxExecutor, doctor, format_doctor  # noqa: E402
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _mine() -> set[int]:
+    uid = os.getuid()
+    out = set()
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if os.stat(f"/proc/{e}").st_uid == uid and _alive(int(e)):
+                    out.add(int(e))
+            except OSError:
+                pass
+    return out
+
+
+with open("/proc/self/status") as fh:
+    cap_eff = int(next(line for line in fh if line.startswith("CapEff:")).split()[1], 16)
+host = {"uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups(), "cap_eff": cap_eff, "pid": os.getpid()}
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ex = SandboxExecutor(slots=2)
+    statuses = ex.layers()
+layers = {s.name: [s.active, s.detail] for s in statuses}
+host["zygote_pid"] = ex._zygote().pid
+doc = doctor()
+
+settings = load_settings(environ={"KARI_PLUGIN_DIR": cfg["plugins"], "KARI_CPU_LIMIT": "1"},
+                         load_plugins=["hostile"], plugins={"hostile": {"limits": {"wall_seconds": 10}}},
+                         remember_runs=False)
+manager = PluginManager(router=PluginRouter(settings, executor=ex), memory=False)
+USER = {"user_id": "u1", "roles": ["user"], "tenant_id": "acme"}
+attacks: dict[str, dict] = {}
+
+
+def attack(name: str, action: str | None = None, **params) -> dict:
+    try:
+        result, out, _err = asyncio.run(manager.run_plugin("hostile", {"action": action or name, **params}, USER))
+        attacks[name] = {"result": result, "stdout": out}
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        attacks[name] = {"error": type(exc).__name__, "limit": getattr(exc, "limit", None), "message": str(exc)[:500]}
+    return attacks[name]
+
+
+control: dict = {}
+attack("echo")
+attack("secrets", host_pid=os.getpid())
+peek = subprocess.run([sys.executable, "-I", "-S", "-c", f"print(open('/proc/{os.getpid()}/environ', 'rb').read())"],
+                      capture_output=True, text=True, env={})
+control["environ_readable_by_same_uid"] = "KAREN_TEST_SECRET" in peek.stdout
+attack("escape_write", target=cfg["target"])
+attack("network", tcp_port=cfg["tcp_port"], udp_port=9, unix_path="/nonexistent")
+attack("kill_parent", host_pid=os.getpid())
+time.sleep(0.1)  # a SIGKILL is delivered before kill() returns; this only lets a dead zygote be noticed
+control["zygote_alive_after_kill"] = _alive(host["zygote_pid"]) and ex._zygote().pid == host["zygote_pid"]
+attack("busy")
+attack("huge_alloc", mb=4096)
+spec = PluginSpec(name="hostile", kind="directory", target="handler.py", path=os.path.join(cfg["plugins"], "hostile"),
+                  code_paths=(os.path.join(cfg["plugins"], "hostile"),))
+try:
+    asyncio.run(ex.call(spec, "karen_run", {"intent": "x", "params": {"action": "sleep", "seconds": 60},
+                                            "ctx": {**USER, "intent": "x", "plugin": "hostile"}},
+                        PluginSettings(), Limits(wall_seconds=0.5)))
+    attacks["sleep"] = {"result": "returned"}
+except Exception as exc:  # noqa: BLE001
+    attacks["sleep"] = {"error": type(exc).__name__, "limit": getattr(exc, "limit", None), "expected_error": True}
+for name in ("busy", "huge_alloc"):
+    attacks[name]["expected_error"] = True
+
+daemon = attack("daemon").get("result", {}).get("daemon", 0)
+attack("fork_bomb", n=20)  # children sleep 60 s; the call returns as soon as they are forked
+deadline = time.monotonic() + 5
+while True:  # what is left: this host, its zygote and the slots' standby children, nothing else
+    z = ex._zygote()
+    strays = _mine() - {os.getpid(), z.pid} - {pid for pid, _sock in list(z.standby.values())}
+    gone = not _alive(daemon)
+    if (gone and not strays) or time.monotonic() > deadline:
+        break
+    time.sleep(0.02)
+control["daemon_gone"] = gone
+control["strays"] = sorted(strays)
+attack("echo_after", "echo")
+ex.close()
+
+print(json.dumps({
+    "host": host, "layers": layers, "required": sorted(ex._required), "control": control, "attacks": attacks,
+    "doctor": {s.name: [s.active, s.detail] for s in doc}, "doctor_table": format_doctor(doc),
+    "log": records, "warnings": [[w.category.__name__, str(w.message)] for w in caught],
+}))
