@@ -135,12 +135,17 @@ class CgroupSlot:
         except (OSError, ValueError):
             return None
 
-    def kill_others(self, keep: int) -> None:
-        """Kill every process in the slot except ``keep`` (a warm worker between calls)."""
-        for pid in self.pids():
+    def kill_others(self, keep: int) -> bool:
+        """Kill every process in the slot except ``keep`` (a warm worker between calls).
+
+        ``False`` if the process list could not be read: the caller must not keep the worker.
+        """
+        pids = self._read_pids()
+        for pid in pids or ():
             if pid != keep:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        return pids is not None
 
     def kill_once(self) -> bool:
         """One SIGKILL pass over the slot (the caller's return is not delayed by exits).
@@ -157,7 +162,12 @@ class CgroupSlot:
         return pids is not None
 
     def kill_all(self, timeout: float = 2.0) -> bool:
-        """SIGKILL every process in the slot and wait until it is empty."""
+        """SIGKILL every process in the slot and wait until it is empty.
+
+        ``False`` if it is not seen empty by ``timeout`` -- including when its process
+        list cannot be read (an unreadable list is never taken for an empty slot:
+        the caller then retires the slot rather than reuse it with a process alive).
+        """
         import time
 
         if self.v2 and os.path.exists(os.path.join(self.dirs["pids"], "cgroup.kill")):
@@ -168,10 +178,10 @@ class CgroupSlot:
         deadline = time.monotonic() + timeout
         delay = 0.0002
         while True:
-            pids = self.pids()
-            if not pids:
+            pids = self._read_pids()
+            if pids is not None and not pids:
                 return True
-            for pid in pids:
+            for pid in pids or ():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

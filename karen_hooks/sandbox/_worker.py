@@ -132,8 +132,8 @@ class _Worker:
             elif cg is not None and self.mode == "warm":
                 # nothing the call started may outlive it, even though the worker stays
                 worker = self.zyg.wait_for(self.id, "started", 0)
-                if worker is not None:
-                    cg.kill_others(int(worker["pid"]))
+                if worker is None or not cg.kill_others(int(worker["pid"])):
+                    self.retire(background=True)  # leftovers could not be checked: no reuse
             try:
                 result = _from_reply(self.spec.name, ex.reply, ex, hit)
             except BaseException:
