@@ -74,6 +74,29 @@ def _ruleset(cfg: dict[str, Any], z: Any) -> int | None:
     return int(fd)
 
 
+def _userns_netns(direct: OSError) -> list[Any]:
+    """The network namespace without CAP_SYS_ADMIN: inside an unprivileged user namespace.
+
+    Only for a host that is not root (root keeps the plain namespace, or none, so its
+    children can still switch to their dedicated uids). Runs before anything is forked
+    or seccomp is loaded (which denies ``unshare``); on return the zygote holds no
+    capabilities, so neither does any child. A failure to finish the setup once inside
+    the user namespace is a RuntimeError and ends the zygote: the host reports that the
+    sandbox did not start rather than run plugins with capabilities.
+    """
+    if os.geteuid() == 0:
+        return [False, str(direct)]
+    from ._userns import trial, unshare_user_net
+
+    why = trial()
+    if why:
+        return [False, f"{direct}; and no unprivileged user namespace to create one in: {why}"]
+    try:
+        return [True, unshare_user_net()]
+    except OSError as exc:  # worked in the trial child: only a race or a limit (max_user_namespaces)
+        return [False, f"{direct}; and no unprivileged user namespace to create one in: {exc}"]
+
+
 def _reserve_low_fds(ctrl_fd: int) -> int:
     """Move the control socket high and fill fds 3..9 so children can dup2 onto them."""
     high = fcntl.fcntl(ctrl_fd, fcntl.F_DUPFD_CLOEXEC, 100)
@@ -124,7 +147,7 @@ def main(ctrl_fd: int) -> None:
         _layers.unshare_net()
         status["netns"] = [True, "private empty network namespace"]
     except OSError as exc:
-        status["netns"] = [False, str(exc)]
+        status["netns"] = _userns_netns(exc)
     ok, why = _layers.seccomp_available()
     filt = None
     if ok:

@@ -1,0 +1,150 @@
+"""A network namespace for a host that is not root: inside an unprivileged user namespace.
+
+``unshare(CLONE_NEWNET)`` needs ``CAP_SYS_ADMIN``. Without it, the kernel (if it
+allows unprivileged user namespaces) still lets a process create a user
+namespace and, in the same call, a network namespace owned by it. The price is
+that the process then holds a **full** capability set inside that user
+namespace, which every fork would inherit; so the zygote drops all of them
+(effective, permitted, inheritable, ambient and the bounding set) before it
+forks anything, and checks ``/proc/self/status`` that they are gone.
+
+The root path never comes here: as root the zygote keeps using plain
+``unshare(CLONE_NEWNET)``, and the children switch to their dedicated uids,
+which a 1:1 user namespace mapping of the host's uid could not represent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ._layers import CLONE_NEWNET, _errcheck, _libc, prctl
+
+CLONE_NEWUSER = 0x10000000
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+#: the capability sets /proc/self/status shows; each must be 0 after :func:`drop_capabilities`
+CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def capabilities() -> dict[str, int]:
+    """This process's capability sets as /proc/self/status shows them (CapEff, CapPrm, ...)."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in CAP_FIELDS:
+                out[key] = int(value.strip(), 16)
+    return out
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 63  # drop every bit the 64-bit sets can hold; unknown ones fail with EINVAL below
+
+
+def drop_capabilities() -> None:
+    """Drop every capability of this process, then verify that none is left.
+
+    The bounding set first (``PR_CAPBSET_DROP`` needs ``CAP_SETPCAP``, which goes
+    with the permitted set), so no later ``execve`` of a file with capabilities
+    can regain any; then the ambient set; then effective/permitted/inheritable
+    with ``capset``, which only ever needs to lower them. Raises ``OSError`` if a
+    set is not empty afterwards.
+    """
+    for cap in range(_last_cap() + 1):
+        if _libc.prctl(PR_CAPBSET_READ, ctypes.c_ulong(cap), 0, 0, 0) == 1:
+            prctl(PR_CAPBSET_DROP, cap)
+    try:
+        _errcheck(_libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0),
+                  "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    except OSError:
+        pass  # kernel < 4.3 has no ambient set; nothing to clear there
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()  # version 3: two 32-bit halves, all zero
+    _errcheck(_libc.capset(ctypes.byref(header), data), "capset(all zero)")
+    left = {k: v for k, v in capabilities().items() if v}
+    if left:
+        raise OSError(f"capabilities left after dropping them all: {left}")
+
+
+def _write_proc(name: str, text: str) -> None:
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def unshare_user_net() -> str:
+    """Enter a new user namespace and a new, empty network namespace; hold no capabilities after.
+
+    The user namespace maps only the caller's uid and gid, each to itself, so
+    files keep their owner and the process keeps its ids; every other id shows
+    as the overflow id (nobody). ``setgroups`` is denied first, as the kernel
+    requires before an unprivileged process may write its ``gid_map``.
+
+    Raises ``OSError`` when the namespaces cannot be created (nothing changed
+    then). Once they exist there is no way back, so a failure to map the ids or
+    to drop the capabilities raises ``RuntimeError`` instead: the caller must
+    not go on (it would fork children holding capabilities, or with unmapped
+    ids that cannot create files). Returns a description for the doctor.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    _errcheck(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+    try:
+        try:
+            _write_proc("setgroups", "deny")
+            _write_proc("uid_map", f"{uid} {uid} 1")
+            _write_proc("gid_map", f"{gid} {gid} 1")
+        finally:
+            drop_capabilities()  # also when a mapping failed: never keep the namespace's full set
+    except OSError as exc:
+        raise RuntimeError(f"in a new user namespace but could not finish setting it up: {exc}") from exc
+    return (f"private empty network namespace inside an unprivileged user namespace (uid {uid} and gid {gid} "
+            f"mapped to themselves; no capabilities: effective, permitted, inheritable, ambient and bounding "
+            f"sets are empty)")
+
+
+def trial() -> str:
+    """Run :func:`unshare_user_net` in a throwaway child; returns "" if it worked, else why not.
+
+    Entering the namespaces cannot be undone, and a failure half-way (e.g. a
+    ``uid_map`` this process may not write because it is not dumpable) leaves a
+    process that must not go on. Trying it in a forked child first lets the
+    zygote degrade to "no network namespace" (reported) instead of dying.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked child
+        os.close(r)
+        try:
+            unshare_user_net()
+            why = b""
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            why = (str(exc) or type(exc).__name__).encode()[:4096]
+        os.write(w, why)
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    _pid, status = os.waitpid(pid, 0)
+    if not data and status != 0:
+        return f"the trial child died (wait status {status})"
+    return data.decode(errors="replace")

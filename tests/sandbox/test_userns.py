@@ -1,0 +1,85 @@
+"""The zygote's network namespace for a host that is not root, in a forked child of the test process.
+
+As root, the child drops to an unused uid (as a non-root host would be) and calls what the
+zygote calls when ``unshare(CLONE_NEWNET)`` fails. Both outcomes are checked: the namespaces
+with no capabilities left, and, when the setup cannot be finished (a process that is not
+dumpable may not write its own ``uid_map``), a reported reason with the process unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from typing import Any
+
+import pytest
+
+from karen_hooks.sandbox import _zygote
+from karen_hooks.sandbox._userns import capabilities
+
+if os.geteuid() != 0:
+    pytest.skip("drops to another uid; the non-root host is covered by test_nonroot_host", allow_module_level=True)
+if not os.path.exists("/proc/self/ns/user"):
+    pytest.skip("the kernel has no user namespaces", allow_module_level=True)
+
+UID = GID = 64_322  # unused, like test_nonroot_host's
+PR_SET_DUMPABLE = 4
+DIRECT = OSError(1, "unshare(CLONE_NEWNET): Operation not permitted")
+
+
+def _in_child(dumpable: bool) -> dict[str, Any]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out: dict[str, Any] = {}
+        try:
+            before = os.readlink("/proc/self/ns/net")
+            os.setgroups([])
+            os.setresgid(GID, GID, GID)
+            os.setresuid(UID, UID, UID)  # clears "dumpable", as a uid change does
+            if dumpable:  # as after an execve, which the real zygote is
+                ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+            out["status"] = _zygote._userns_netns(DIRECT)
+            out["moved"] = os.readlink("/proc/self/ns/net") != before
+            out["caps"] = capabilities()
+            out["ids"] = [os.getuid(), os.getgid()]
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = repr(exc)
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return dict(json.loads(data.decode()))
+
+
+def test_network_namespace_in_a_user_namespace_without_capabilities() -> None:
+    got = _in_child(dumpable=True)
+    assert "error" not in got, got
+    active, detail = got["status"]
+    if not active:
+        pytest.skip(f"no unprivileged user namespace on this machine: {detail}")
+    assert "unprivileged user namespace" in detail and f"uid {UID}" in detail
+    assert got["moved"] and got["ids"] == [UID, GID]
+    assert got["caps"]["CapEff"] == 0 and got["caps"]["CapPrm"] == 0, got["caps"]
+    assert all(v == 0 for v in got["caps"].values()), got["caps"]
+
+
+def test_a_setup_that_cannot_be_finished_is_reported_and_changes_nothing() -> None:
+    got = _in_child(dumpable=False)
+    assert "error" not in got, got  # the zygote would go on, without the layer
+    active, detail = got["status"]
+    assert not active
+    assert detail.startswith("[Errno 1] unshare(CLONE_NEWNET): Operation not permitted; and no unprivileged user "
+                             "namespace to create one in: "), detail
+    assert "setgroups" in detail or "unshare(CLONE_NEWUSER" in detail, detail  # says why
+    assert not got["moved"]  # the attempt ran in a throwaway child
+
+
+def test_root_keeps_the_plain_network_namespace() -> None:
+    # a root zygote never enters a user namespace: its children must switch to their dedicated uids
+    assert _zygote._userns_netns(DIRECT) == [False, str(DIRECT)]
