@@ -57,6 +57,60 @@ with open("/proc/self/status") as fh:
     cap_eff = int(next(line for line in fh if line.startswith("CapEff:")).split()[1], 16)
 host = {"uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups(), "cap_eff": cap_eff, "pid": os.getpid()}
 
+def _status_caps(pid: int | str) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as fh:
+        return {k: int(v, 16) for k, _, v in (line.partition(":") for line in fh) if k.startswith("Cap")}
+
+
+def _ns(pid: int | str) -> dict[str, str]:
+    return {n: os.readlink(f"/proc/{pid}/ns/{n}") for n in ("net", "user")}
+
+
+def _helper_alone() -> dict:
+    """unshare_user_net in a forked child, without Landlock or seccomp: the namespace alone must cut the network."""
+    import socket
+
+    from karen_hooks.sandbox._userns import unshare_user_net
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out: dict = {}
+        try:
+            out["detail"] = unshare_user_net()
+            out["caps"] = _status_caps("self")
+            out["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
+            for kind, port in (("tcp", cfg["tcp_port"]), ("udp", cfg["udp_port"])):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+                try:
+                    if kind == "tcp":
+                        s.settimeout(1)
+                        s.connect(("127.0.0.1", port))
+                    else:
+                        s.sendto(b"pwned", ("127.0.0.1", port))
+                    out[kind] = "sent"
+                except OSError as exc:
+                    out[kind] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    s.close()
+            with open(os.path.join(cfg["helper_dir"], "owned"), "w"):
+                pass
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = repr(exc)
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    res = json.loads(data.decode())
+    res["file_uid"] = os.stat(os.path.join(cfg["helper_dir"], "owned")).st_uid
+    return res
+
+
+helper = _helper_alone()  # before any thread exists: unshare(CLONE_NEWUSER) needs a single-threaded process
+
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     ex = SandboxExecutor(slots=2)
@@ -64,6 +118,13 @@ with warnings.catch_warnings(record=True) as caught:
 layers = {s.name: [s.active, s.detail] for s in statuses}
 host["zygote_pid"] = ex._zygote().pid
 doc = doctor()
+deadline = time.monotonic() + 5
+while len(ex._zygote().standby) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+# the processes that will run plugin code (standby children) and the zygote, seen from the host
+procs = {"host": os.getpid(), "zygote": host["zygote_pid"],
+         **{f"standby{slot}": pid for slot, (pid, _sock) in ex._zygote().standby.items()}}
+inspect = {name: {"caps": _status_caps(pid), "ns": _ns(pid)} for name, pid in procs.items()}
 
 settings = load_settings(environ={"KARI_PLUGIN_DIR": cfg["plugins"], "KARI_CPU_LIMIT": "1"},
                          load_plugins=["hostile"], plugins={"hostile": {"limits": {"wall_seconds": 10}}},
@@ -89,7 +150,8 @@ peek = subprocess.run([sys.executable, "-I", "-S", "-c", f"print(open('/proc/{os
                       capture_output=True, text=True, env={})
 control["environ_readable_by_same_uid"] = "KAREN_TEST_SECRET" in peek.stdout
 attack("escape_write", target=cfg["target"])
-attack("network", tcp_port=cfg["tcp_port"], udp_port=9, unix_path="/nonexistent")
+attack("network", tcp_port=cfg["tcp_port"], udp_port=cfg["udp_port"], unix_path="/nonexistent")
+attack("caps")
 attack("kill_parent", host_pid=os.getpid())
 time.sleep(0.1)  # a SIGKILL is delivered before kill() returns; this only lets a dead zygote be noticed
 control["zygote_alive_after_kill"] = _alive(host["zygote_pid"]) and ex._zygote().pid == host["zygote_pid"]
@@ -123,7 +185,7 @@ attack("echo_after", "echo")
 ex.close()
 
 print(json.dumps({
-    "host": host, "layers": layers, "required": sorted(ex._required), "control": control, "attacks": attacks,
+    "host": host, "helper": helper, "inspect": inspect, "layers": layers, "required": sorted(ex._required), "control": control, "attacks": attacks,
     "doctor": {s.name: [s.active, s.detail] for s in doc}, "doctor_table": format_doctor(doc),
     "log": records, "warnings": [[w.category.__name__, str(w.message)] for w in caught],
 }))

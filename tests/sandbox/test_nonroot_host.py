@@ -1,8 +1,8 @@
 """The real host + sandbox run by an unprivileged user (the non-root code paths).
 
 This machine's suite runs as root, so the non-root paths (no dedicated uid per
-slot, no cgroup, no tmpfs work dir, no network namespace without a user
-namespace) would otherwise never run. From the root test process we start a
+slot, no cgroup, no tmpfs work dir, the network namespace inside an
+unprivileged user namespace) would otherwise never run. From the root test process we start a
 driver script as an unused, unprivileged uid/gid with no supplementary groups
 and no capabilities; it builds a ``SandboxExecutor`` and a ``PluginManager``,
 runs the hostile plugin's attacks and prints JSON that the tests assert on.
@@ -143,7 +143,14 @@ def report() -> dict[str, Any]:
         tcp.bind(("127.0.0.1", 0))
         tcp.listen(5)
         tcp.settimeout(0.2)
-        cfg = {"plugins": plugins, "target": os.path.join(outside, "pwned.txt"), "tcp_port": tcp.getsockname()[1]}
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.setblocking(False)
+        helper_dir = os.path.join(work, "helper")  # where the driver's namespace-only child creates a file
+        os.mkdir(helper_dir)
+        os.chmod(helper_dir, 0o777)
+        cfg = {"plugins": plugins, "target": os.path.join(outside, "pwned.txt"), "tcp_port": tcp.getsockname()[1],
+               "udp_port": udp.getsockname()[1], "helper_dir": helper_dir}
         boot = {
             "uid": UID, "gid": GID, "cover": cover, "stage": os.path.join(work, "stage"),
             "argv": [python, driver, json.dumps(cfg)],
@@ -158,11 +165,18 @@ def report() -> dict[str, Any]:
                 connected = True
             except OSError:  # socket.timeout: nobody connected
                 connected = False
+            try:
+                udp.recv(65536)
+                received = True
+            except BlockingIOError:
+                received = False
         finally:
             tcp.close()
+            udp.close()
         assert proc.returncode == 0, proc.stderr[-4000:]
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         out["_tcp_connected"] = connected
+        out["_udp_received"] = received
         out["_target_exists"] = os.path.exists(cfg["target"])
         out["_left_over"] = _processes_of(UID)  # after the host exited
         return out
@@ -247,13 +261,71 @@ def test_write_outside_work_dir(report):
     assert not report["_target_exists"]
 
 
-def test_tcp_to_localhost(report):
+def test_tcp_and_udp_to_localhost(report):
     if not (report["layers"]["seccomp"][0] or report["layers"]["landlock_net"][0]
             or report["layers"]["netns"][0]):
         pytest.skip("neither seccomp, Landlock TCP rules nor a network namespace is available")
     r = _attack(report, "network")["result"]
     assert not r["tcp"]["ok"] and not r["udp"]["ok"]
-    assert not report["_tcp_connected"]
+    assert not report["_tcp_connected"] and not report["_udp_received"]
+
+
+def _userns_available() -> None:
+    if not os.path.exists("/proc/self/ns/user"):
+        pytest.skip("the kernel has no user namespaces")
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as fh:
+            if int(fh.read()) == 0:
+                pytest.skip("user namespaces are disabled (user.max_user_namespaces = 0)")
+    except OSError:
+        pass
+
+
+def test_netns_is_active_inside_an_unprivileged_user_namespace(report):
+    """Without CAP_SYS_ADMIN the zygote creates its network namespace inside a user namespace."""
+    active, detail = report["layers"]["netns"]
+    if not active and "user namespace" in detail:
+        _userns_available()  # a kernel that refuses it is a reported gap, not a failure
+    assert active, detail
+    assert "unprivileged user namespace" in detail and f"uid {UID}" in detail
+    assert report["doctor"]["netns"] == [active, detail]
+    assert "netns" in report["required"]
+    ins = report["inspect"]
+    host_ns = ins["host"]["ns"]
+    for name in ins.keys() - {"host"}:  # the zygote and both slots' standby children
+        assert ins[name]["ns"]["net"] != host_ns["net"], name
+        assert ins[name]["ns"]["user"] != host_ns["user"], name
+        assert ins[name]["ns"] == ins["zygote"]["ns"], name  # one namespace, created once by the zygote
+    assert len(ins) == 4, sorted(ins)
+
+
+def test_no_capabilities_in_the_user_namespace(report):
+    """A new user namespace comes with a full capability set; the zygote drops all of it before forking."""
+    _need(report, "netns")
+    caps = _attack(report, "caps")["result"]  # what the plugin process itself holds (capget, PR_CAPBSET_READ)
+    assert caps["CapEff"] == 0 and caps["CapPrm"] == 0, caps
+    assert caps["CapInh"] == 0 and caps["CapBnd"] == 0, caps
+    # Landlock hides /proc from the plugin; had it read its status, the sets would be empty there too
+    st = caps["proc_status"]
+    assert not st["ok"] or all(line.split()[1] == "0" * 16 for line in st["value"].splitlines()
+                               if line.startswith(("CapEff", "CapPrm"))), st
+    # the zygote and the standby children that run the next calls, read from the host's /proc
+    for name, info in report["inspect"].items():
+        if name != "host":
+            assert all(v == 0 for v in info["caps"].values()), (name, info["caps"])
+
+
+def test_user_namespace_alone_cuts_the_network_and_keeps_ids(report):
+    """The helper without Landlock or seccomp: the empty network namespace alone stops TCP and UDP."""
+    h = report["helper"]
+    if "error" in h:
+        _userns_available()
+    assert "error" not in h, h
+    assert all(v == 0 for k, v in h["caps"].items()), h["caps"]  # CapEff, CapPrm, CapInh, CapBnd, CapAmb
+    assert set(h["caps"]) >= {"CapEff", "CapPrm", "CapBnd"}
+    assert h["ids"] == [UID, UID, GID, GID] and h["file_uid"] == UID  # mapped 1:1: files keep their owner
+    assert "unreachable" in h["tcp"].lower() and "unreachable" in h["udp"].lower(), h
+    assert not report["_tcp_connected"] and not report["_udp_received"]
 
 
 def test_kill_parent_and_host(report):
@@ -292,3 +364,4 @@ def test_host_keeps_serving(report):
     after = report["attacks"]["echo_after"]
     assert "error" not in after, after
     assert after["result"]["params"] == {"action": "echo"} and after["stdout"] == "to stdout\n"
+

@@ -305,6 +305,21 @@ def act_kill_parent(p, ctx):
     return out
 
 
+def act_caps(p, ctx):
+    """This process's capabilities, as the kernel tells the process itself (capget, PR_CAPBSET_READ)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two halves of effective, permitted, inheritable
+    if libc.capget(header, data) != 0:
+        return {"error": os.strerror(ctypes.get_errno())}
+    eff, prm, inh = (data[i] | data[i + 3] << 32 for i in range(3))
+    bnd = sum(1 << c for c in range(64) if libc.prctl(23, ctypes.c_ulong(c), 0, 0, 0) == 1)  # PR_CAPBSET_READ
+    return {"CapEff": eff, "CapPrm": prm, "CapInh": inh, "CapBnd": bnd, "pid": os.getpid(),
+            "proc_status": _try(lambda: _read("/proc/self/status", 100000))}
+
+
 def act_monkeypatch(p, ctx):
     builtins.print = lambda *a, **k: None
     json.dumps = lambda *a, **k: "patched"
