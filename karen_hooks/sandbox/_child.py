@@ -156,6 +156,9 @@ def apply_layers(
     if "netns" in required and not status.get("netns", [False])[0]:
         raise OSError("network namespace required but the zygote has none")
     os.chdir(cfg["workdir"])
+    # Before Landlock: enforcing it needs no_new_privs (or CAP_SYS_ADMIN, which only a root
+    # host's child still holds here). It never stops the setuid() below, only execve gains.
+    step("no_new_privs", _layers.no_new_privs)
     if ruleset is not None:
         step("landlock", lambda: _layers.landlock_enforce(ruleset))
         os.close(ruleset)
@@ -172,7 +175,6 @@ def apply_layers(
         status["uid"] = [False, "no sandbox uid configured"]
     else:
         status["uid"] = [False, f"host is not root (uid {os.geteuid()}): cannot switch to a dedicated uid"]
-    step("no_new_privs", _layers.no_new_privs)
     if z.seccomp_loaded:
         status["seccomp"] = [True, "loaded before the call"]
     elif z.filt is not None:
