@@ -16,7 +16,16 @@ drift and machine load hit all of them alike:
 "added (mins)" compares the fastest batches, the least disturbed by other load.
 Target: under 5 µs added by ``metrics+audit``.
 
-    python benchmarks/bench_observability.py [--rounds 30] [--batch-size 1000]
+Times on a shared 2-CPU machine swing with other load (the same code has read
+2x apart on different days). ``--instructions`` adds a measure that does not:
+each mode runs alone under valgrind's callgrind, twice (1,000 and 21,000
+calls after the warm-up), and the difference / 20,000 is the instructions one
+call costs -- the same count whatever else the machine is doing. The added
+instructions are also shown in µs at the speed of the "off" mode in this run
+(fastest batches): an estimate that assumes the added code runs at the
+instructions-per-second rate of the call itself.
+
+    python benchmarks/bench_observability.py [--rounds 30] [--batch-size 1000] [--instructions]
 """
 
 from __future__ import annotations
@@ -26,8 +35,13 @@ import asyncio
 import io
 import logging
 import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -54,12 +68,11 @@ class _Drop(logging.Handler):
         pass
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=1000)
-    args = ap.parse_args()
+Modes = list[tuple[str, PluginManager, "logging.Handler | None"]]
 
+
+def setup() -> tuple[Modes, Any]:
+    """The four modes over one router, and a function that points the audit logger at a mode's handler."""
     settings = load_settings(environ={}, load_plugins=[], plugin_dir=None, remember_runs=False)
     router = PluginRouter(settings, metrics_registry=CollectorRegistry())
     router.register_plugin(NoOp(), "noop")
@@ -68,16 +81,8 @@ def main() -> None:
 
     audit = logging.getLogger("karen_hooks.audit")
     audit.propagate = False
-    drop = _Drop()
     json_handler = logging.StreamHandler(io.StringIO())
     json_handler.setFormatter(JsonFormatter())
-
-    async def batch(mgr: PluginManager, n: int) -> float:
-        run = mgr.run_plugin
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            await run("noop", None, USER)
-        return (time.perf_counter_ns() - t0) / n / 1000
 
     def audit_to(handler: logging.Handler | None) -> None:
         audit.handlers.clear()
@@ -86,29 +91,94 @@ def main() -> None:
         else:
             audit.setLevel(logging.INFO)
             audit.addHandler(handler)
+        if isinstance(handler, logging.StreamHandler) and isinstance(handler.stream, io.StringIO):
+            handler.stream.seek(0)  # the JSON lines of earlier batches are not kept
+            handler.stream.truncate()
 
-    modes: list[tuple[str, PluginManager, logging.Handler | None]] = [
+    modes: Modes = [
         ("off", off, None),
         ("metrics", on, None),
-        ("metrics+audit", on, drop),
+        ("metrics+audit", on, _Drop()),
         ("+json", on, json_handler),
     ]
+    return modes, audit_to
+
+
+async def batch(mgr: PluginManager, n: int) -> float:
+    """µs per call over ``n`` calls."""
+    run = mgr.run_plugin
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        await run("noop", None, USER)
+    return (time.perf_counter_ns() - t0) / n / 1000
+
+
+def timed(rounds: int, batch_size: int) -> dict[str, list[float]]:
+    modes, audit_to = setup()
 
     async def bench() -> dict[str, list[float]]:
         for _, mgr, handler in modes:  # warm up: label series, resolution cache, imports
             audit_to(handler)
             await batch(mgr, 300)
         results: dict[str, list[float]] = {name: [] for name, _, _ in modes}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name, mgr, handler in modes:
                 audit_to(handler)
-                results[name].append(await batch(mgr, args.batch_size))
-            json_handler.stream.seek(0)
-            json_handler.stream.truncate()
+                results[name].append(await batch(mgr, batch_size))
         audit_to(None)
         return results
 
-    results = asyncio.run(bench())
+    return asyncio.run(bench())
+
+
+def child(mode: str, calls: int) -> None:
+    """One mode alone, for callgrind: the warm-up, then ``calls`` calls."""
+    modes, audit_to = setup()
+    _, mgr, handler = next(m for m in modes if m[0] == mode)
+    audit_to(handler)
+
+    async def run() -> None:
+        await batch(mgr, 300)
+        await batch(mgr, calls)
+
+    asyncio.run(run())
+
+
+_SHORT, _LONG = 1000, 21000
+
+
+def instructions(modes: list[str]) -> dict[str, float]:
+    """Instructions per call of each mode, from two callgrind runs that differ only in the number of calls."""
+
+    def count(mode: str, calls: int) -> int:
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+               "--child", mode, "--calls", str(calls)]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stderr
+        found = re.search(r"Collected : (\d+)", out)
+        if found is None:
+            raise RuntimeError(f"no instruction count in callgrind's output:\n{out[-2000:]}")
+        return int(found.group(1))
+
+    jobs = [(m, n) for m in modes for n in (_SHORT, _LONG)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        totals = dict(zip(jobs, pool.map(lambda j: count(*j), jobs), strict=True))
+    return {m: (totals[(m, _LONG)] - totals[(m, _SHORT)]) / (_LONG - _SHORT) for m in modes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--instructions", action="store_true", help="also count instructions per call (valgrind)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--calls", type=int, default=_SHORT, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.calls)
+        return
+
+    results = timed(args.rounds, args.batch_size)
     base = results["off"]
     print(f"trusted no-op run_plugin: {args.rounds} rounds x {args.batch_size} calls per mode, interleaved")
     print(f"opentelemetry-api importable: {otel_available()} (no tracer provider set: spans skipped)")
@@ -123,6 +193,21 @@ def main() -> None:
         )
     added = statistics.median(v - b for v, b in zip(results["metrics+audit"], base, strict=True))
     print(f"metrics + audit added {added:.2f} µs per call (target < 5 µs): {'OK' if added < 5 else 'OVER TARGET'}")
+    if not args.instructions:
+        return
+    if shutil.which("valgrind") is None:
+        print("\n--instructions: valgrind is not installed (Debian: apt install valgrind)")
+        return
+    print(f"\ninstructions per call (callgrind, {_LONG - _SHORT} calls; a few minutes):")
+    counts = instructions(list(results))
+    us_per_instr = min(base) / counts["off"]
+    print(f"{'mode':<14} {'instructions':>13} {'added':>8} {'added µs (est.)':>16} {'ratio':>6}")
+    for name, n in counts.items():
+        extra = n - counts["off"]
+        print(f"{name:<14} {n:>13,.0f} {extra:>8,.0f} {extra * us_per_instr:>16.2f} {n / counts['off']:>6.2f}")
+    est = (counts["metrics+audit"] - counts["off"]) * us_per_instr
+    print(f"metrics + audit: {est:.2f} µs estimated from instructions (target < 5 µs): "
+          f"{'OK' if est < 5 else 'OVER TARGET'}")
 
 
 if __name__ == "__main__":

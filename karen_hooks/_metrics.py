@@ -14,9 +14,10 @@ User ids, tenants and params are never labels.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -87,21 +88,25 @@ class CallSeries:
 
     The hot path is :meth:`start` and :meth:`finish`, run on every call: each
     is one ``deque.append``, which is atomic (thread-safe without a lock, and
-    several times cheaper than taking one). The pending events are folded into
-    the totals under a lock every :data:`_FOLD_AT` calls and at every scrape,
-    so memory stays bounded and a scrape sees every finished call.
+    several times cheaper than taking one). Finished calls wait in one deque
+    per outcome, holding their durations; every :data:`_FOLD_AT` calls and at
+    every scrape they are folded into the totals under a lock, a batch at a
+    time (sorted once, then one bisection per bucket bound instead of one per
+    call), so memory stays bounded and a scrape sees every finished call.
     :class:`_CallCollector` turns them into ``karen_plugin_calls_total``,
     ``karen_plugin_call_duration_seconds`` and ``karen_plugin_calls_in_flight``.
     """
 
-    __slots__ = ("plugin", "intent", "_lock", "_started", "_finished", "started", "counts", "buckets", "total_seconds")
+    __slots__ = ("plugin", "intent", "_lock", "_started", "_finished", "_pending", "started", "counts", "buckets",
+                 "total_seconds")
 
     def __init__(self, plugin: str, intent: str) -> None:
         self.plugin = plugin
         self.intent = intent
         self._lock = threading.Lock()  # held only while folding
         self._started: deque[None] = deque()
-        self._finished: deque[tuple[str, float]] = deque()
+        self._finished: dict[str, deque[float]] = {o: deque() for o in OUTCOMES}
+        self._pending = self._finished["ok"]  # the one that fills up on a healthy host
         self.started = 0
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
@@ -111,28 +116,36 @@ class CallSeries:
         self._started.append(None)
 
     def finish(self, outcome: str, seconds: float) -> None:
-        finished = self._finished
-        finished.append((outcome, seconds))
-        if len(finished) >= _FOLD_AT:
-            self._fold()
+        self._finished[outcome].append(seconds)
+        if len(self._pending) >= _FOLD_AT or outcome != "ok":
+            self._fold()  # failures are rare: folded at once, so no other deque needs a length check
 
     def _fold(self) -> None:
         with self._lock:
             # popleft exactly what was there: appends racing with the fold stay for the next one.
             # Finished calls first: every call counted as finished then has its start counted too
             # (its start was appended before its finish), so in-flight never goes negative.
-            counts, buckets = self.counts, self.buckets
-            finished, total = self._finished, 0.0
-            for _ in range(len(finished)):
-                outcome, seconds = finished.popleft()
-                counts[outcome] += 1
-                buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1  # first bucket with le >= seconds
-                total += seconds
-            self.total_seconds += total
+            batch: list[float] = []
+            for outcome, pending in self._finished.items():
+                n = len(pending)
+                if n:
+                    popleft = pending.popleft
+                    batch += [popleft() for _ in range(n)]
+                    self.counts[outcome] += n
+            if batch:
+                batch.sort()
+                below = 0
+                for i, le in enumerate(DURATION_BUCKETS):  # bucket i counts le[i-1] < seconds <= le[i]
+                    upto = bisect_right(batch, le)
+                    self.buckets[i] += upto - below
+                    below = upto
+                self.buckets[-1] += len(batch) - below
+                self.total_seconds += math.fsum(batch)
             started = self._started
-            for _ in range(len(started)):
+            n = len(started)
+            for _ in range(n):
                 started.popleft()
-                self.started += 1
+            self.started += n
 
     def snapshot(self) -> tuple[int, dict[str, int], list[int], float]:
         """``(in flight, count per outcome, count per duration bucket, total seconds)`` of every finished call."""

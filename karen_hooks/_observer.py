@@ -55,6 +55,9 @@ class CallObserver:
         self._audit_site = _audit.audit_site
         self._audit_enabled = _audit.audit_log.isEnabledFor
         self._start_span = _tracing.start_span if _tracing.otel_available() else None
+        # opentelemetry.trace, whose ``_TRACER_PROVIDER`` stays None until an app sets a provider:
+        # read directly, it saves the no-op start_span call on every call of an app without tracing
+        self._otel_trace = _tracing._otel_trace
         self._trace_line = _tracing.trace_line
         self._resolved: dict[tuple[str, str | None], _Site] = {}
 
@@ -82,7 +85,12 @@ class CallObserver:
         """Start observing a call of ``name``; ``None`` when it cannot be observed (it then runs unobserved)."""
         try:
             site = self._lookup(name, intent)
-            span = self._start_span(name) if self._start_span is not None else None
+            start = self._start_span
+            span = (
+                start(name)
+                if start is not None and getattr(self._otel_trace, "_TRACER_PROVIDER", start) is not None
+                else None
+            )
             trace = self.manager.settings.trace_plugins and site.info is not None and site.info.sandboxed
             if trace:
                 self._trace_line(f"{site.info.name}.karen_run(intent={site.intent!r}) [sandbox {site.mode}]")
