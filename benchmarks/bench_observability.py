@@ -21,9 +21,9 @@ Times on a shared 2-CPU machine swing with other load (the same code has read
 each mode runs alone under valgrind's callgrind, twice (1,000 and 21,000
 calls after the warm-up), and the difference / 20,000 is the instructions one
 call costs -- the same count whatever else the machine is doing. The added
-instructions are also shown in µs at the speed of the "off" mode in this run
-(fastest batches): an estimate that assumes the added code runs at the
-instructions-per-second rate of the call itself.
+instructions are not converted to µs: the added code runs at fewer
+instructions per second than the call itself, so the timings stay the verdict;
+the counts show what a change saves, exactly.
 
     python benchmarks/bench_observability.py [--rounds 30] [--batch-size 1000] [--instructions]
 """
@@ -200,15 +200,11 @@ def main() -> None:
         return
     print(f"\ninstructions per call (callgrind, {_LONG - _SHORT} calls; a few minutes):")
     counts = instructions(list(results))
-    us_per_instr = min(base) / counts["off"]
-    print(f"{'mode':<14} {'instructions':>13} {'added':>8} {'added µs (est.)':>16} {'ratio':>6}")
+    print(f"{'mode':<14} {'instructions':>13} {'added':>8} {'ratio':>6}")
     for name, n in counts.items():
-        extra = n - counts["off"]
-        print(f"{name:<14} {n:>13,.0f} {extra:>8,.0f} {extra * us_per_instr:>16.2f} {n / counts['off']:>6.2f}")
-    est = (counts["metrics+audit"] - counts["off"]) * us_per_instr
-    print(f"metrics + audit: {est:.2f} µs estimated from instructions (target < 5 µs): "
-          f"{'OK' if est < 5 else 'OVER TARGET'}")
-
+        print(f"{name:<14} {n:>13,.0f} {n - counts['off']:>8,.0f} {n / counts['off']:>6.2f}")
+    # No conversion to µs: measured, the added code runs at fewer instructions per second than
+    # the call itself (timings above), so scaling by the call's rate would flatter it.
 
 if __name__ == "__main__":
     main()
