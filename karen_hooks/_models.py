@@ -77,6 +77,9 @@ class _UserContextSchema(BaseModel):
     tenant_id: StrictStr | None = None
 
 
+_new_object = object.__new__
+
+
 @dataclass(frozen=True)
 class UserContext:
     """The validated caller: who is asking, with which roles, for which tenant.
@@ -97,12 +100,16 @@ class UserContext:
             return raw
         if type(raw) is dict:  # the fast check: the common well-formed dict
             uid, roles, tenant = raw.get("user_id"), raw.get("roles", []), raw.get("tenant_id")
-            if (
-                type(uid) is str and uid
-                and type(roles) is list and all(type(r) is str for r in roles)
-                and (tenant is None or type(tenant) is str)
-            ):
-                return cls(uid, list(roles), tenant)
+            if type(uid) is str and uid and type(roles) is list and (tenant is None or type(tenant) is str):
+                for r in roles:  # a loop, not all(<generator>): a generator costs more than a few roles
+                    if type(r) is not str:
+                        break
+                else:
+                    # Filled in directly, without the generated __init__ (three object.__setattr__
+                    # calls, as a frozen dataclass must): the values were just checked.
+                    ctx = _new_object(cls)
+                    ctx.__dict__.update(user_id=uid, roles=list(roles), tenant_id=tenant)
+                    return ctx
         if not isinstance(raw, dict):
             raise InvalidUserContext(
                 f"user_ctx must be a dict like {{'user_id': '123', 'roles': ['user']}}, got {type(raw).__name__}"
