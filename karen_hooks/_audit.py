@@ -86,8 +86,13 @@ def configure_audit_log(
 
 def _user_fields(user_ctx: Any) -> tuple[Any, Any, Any]:
     """``(tenant, user, roles)`` from a raw or parsed user_ctx, best effort (it may be the invalid part)."""
-    if type(user_ctx) is UserContext:  # parsed: every field is already a str (the hot path)
-        return user_ctx.tenant_id, user_ctx.user_id, [r if len(r) <= 64 else r[:64] for r in user_ctx.roles]
+    if type(user_ctx) is UserContext:  # parsed, every field already a str: the hot path
+        roles = list(user_ctx.roles)
+        for r in roles:  # a loop, not a comprehension per call: roles are rarely that long
+            if len(r) > 64:
+                roles = [r[:64] for r in roles]
+                break
+        return user_ctx.tenant_id, user_ctx.user_id, roles
     if isinstance(user_ctx, dict):
         get = user_ctx.get
         tenant, user, roles = get("tenant_id"), get("user_id"), get("roles")
@@ -179,16 +184,7 @@ def audit_ok(site: dict[str, Any], user_ctx: Any, duration: float, params: Any, 
     arguments; no ``extra`` merge.
     """
     d = site.copy()
-    if type(user_ctx) is UserContext:  # parsed: every field is already a str
-        d["tenant"] = user_ctx.tenant_id
-        d["user"] = user_ctx.user_id
-        d["roles"] = roles = list(user_ctx.roles)
-        for r in roles:
-            if len(r) > 64:
-                d["roles"] = [r[:64] for r in roles]
-                break
-    else:
-        d["tenant"], d["user"], d["roles"] = _user_fields(user_ctx)
+    d["tenant"], d["user"], d["roles"] = _user_fields(user_ctx)
     d["outcome"] = "ok"
     d["duration_seconds"] = duration
     d["args"] = (d["plugin"], d["intent"], "ok", duration * 1000.0)

@@ -248,3 +248,15 @@ def test_observing_never_changes_the_error_of_a_bad_call(tmp_path: Path, audit_s
         reg.get_sample_value("karen_plugin_calls_total", {"plugin": "_unknown", "intent": "_unknown", "outcome": o}) or 0
         for o in _metrics.OUTCOMES
     ) == 1
+
+
+def test_audit_fields_of_a_parsed_caller_are_copied_and_long_roles_cut() -> None:
+    from karen_hooks import UserContext
+    from karen_hooks._audit import _user_fields
+
+    user = UserContext.parse({"user_id": "u", "roles": ["user", "r" * 100], "tenant_id": "t"})
+    tenant, uid, roles = _user_fields(user)
+    assert (tenant, uid, roles) == ("t", "u", ["user", "r" * 64])
+    short = UserContext.parse({"user_id": "u", "roles": ["user"]})
+    roles = _user_fields(short)[2]
+    assert roles == ["user"] and roles is not short.roles  # a record never shares the caller's list

@@ -52,3 +52,4 @@ def test_a_call_in_flight_is_seen_by_a_scrape() -> None:
     series.finish("timeout", 61.0)  # past the last bound: the +Inf bucket
     flying, counts, buckets, total = series.snapshot()
     assert (flying, counts["timeout"], buckets[-1], total) == (0, 1, 1, 61.0)
+
