@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,27 @@ _INDEX = "INSERT INTO memories_fts (rowid, tenant_terms, user_terms) SELECT pk, 
 _UNINDEX = "INSERT INTO memories_fts (memories_fts, rowid, tenant_terms, user_terms) VALUES ('delete', ?, ?, ?)"
 
 
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers
+    "database is locked" at once (without its busy handler) when another
+    connection holds one -- as when several threads or processes open a new
+    memory file together. So this waits as the busy timeout would.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:  # SQLITE_BUSY's message; its code is not exposed on 3.10
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 class SQLiteBackend(MemoryBackend):
     """Memory in one SQLite file."""
 
@@ -105,7 +127,7 @@ class SQLiteBackend(MemoryBackend):
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _set_wal(conn, self._timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._local.conn = conn
             with self._all_lock:
