@@ -87,12 +87,12 @@ def configure_audit_log(
 def _user_fields(user_ctx: Any) -> tuple[Any, Any, Any]:
     """``(tenant, user, roles)`` from a raw or parsed user_ctx, best effort (it may be the invalid part)."""
     if type(user_ctx) is UserContext:  # parsed, every field already a str: the hot path
-        roles = list(user_ctx.roles)
-        for r in roles:  # a loop, not a comprehension per call: roles are rarely that long
+        names = list(user_ctx.roles)
+        for r in names:  # a loop, not a comprehension per call: roles are rarely that long
             if len(r) > 64:
-                roles = [r[:64] for r in roles]
+                names = [r[:64] for r in names]
                 break
-        return user_ctx.tenant_id, user_ctx.user_id, roles
+        return user_ctx.tenant_id, user_ctx.user_id, names
     if isinstance(user_ctx, dict):
         get = user_ctx.get
         tenant, user, roles = get("tenant_id"), get("user_id"), get("roles")
