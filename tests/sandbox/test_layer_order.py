@@ -10,7 +10,6 @@ unprivileged uid, no seccomp filter, no ``no_new_privs`` beforehand.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ from karen_hooks import Limits
 from karen_hooks.sandbox import _layers
 from karen_hooks.sandbox._child import ZygoteContext, apply_layers
 
+from ._forked import as_uid_in_child
+
 if os.geteuid() != 0:
     pytest.skip("drops to another uid in a forked child (needs root)", allow_module_level=True)
 ABI = _layers.landlock_abi()
@@ -34,36 +35,21 @@ PR_GET_NO_NEW_PRIVS = 39
 
 
 def _apply_unprivileged(workdir: Path) -> dict[str, Any]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked child
-        os.close(r)
+    def check() -> dict[str, Any]:
+        nnp_before = _layers._libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+        ruleset, _ = _layers.landlock_ruleset(["/usr", "/proc/self"], [str(workdir)], ABI)
+        z = ZygoteContext(None, ABI, -1, -1)
+        cfg = {"workdir": str(workdir), "limits": Limits().model_dump(), "required": ["landlock"]}
+        status = apply_layers(cfg, z, ruleset, strict=True, entered=True)
+        out = {"nnp_before": nnp_before, "landlock": status["landlock"], "no_new_privs": status["no_new_privs"]}
         try:
-            os.setgroups([])
-            os.setresgid(GID, GID, GID)
-            os.setresuid(UID, UID, UID)
-            nnp_before = _layers._libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
-            ruleset, _ = _layers.landlock_ruleset(["/usr", "/proc/self"], [str(workdir)], ABI)
-            z = ZygoteContext(None, ABI, -1, -1)
-            cfg = {"workdir": str(workdir), "limits": Limits().model_dump(), "required": ["landlock"]}
-            status = apply_layers(cfg, z, ruleset, strict=True, entered=True)
-            out = {"nnp_before": nnp_before, "landlock": status["landlock"], "no_new_privs": status["no_new_privs"]}
-            try:
-                open("/etc/hostname").close()
-                out["outside_readable"] = True
-            except OSError:
-                out["outside_readable"] = False
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return dict(json.loads(data.decode()))
+            open("/etc/hostname").close()
+            out["outside_readable"] = True
+        except OSError:
+            out["outside_readable"] = False
+        return out
+
+    return as_uid_in_child(UID, check)
 
 
 def test_landlock_is_enforced_by_an_unprivileged_child_without_seccomp() -> None:

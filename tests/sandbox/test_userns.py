@@ -9,7 +9,6 @@ dumpable may not write its own ``uid_map``), a reported reason with the process 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,8 @@ import pytest
 
 from karen_hooks.sandbox import _zygote
 from karen_hooks.sandbox._userns import capabilities
+
+from ._forked import as_uid_in_child
 
 if os.geteuid() != 0:
     pytest.skip("drops to another uid; the non-root host is covered by test_nonroot_host", allow_module_level=True)
@@ -29,32 +30,19 @@ DIRECT = OSError(1, "unshare(CLONE_NEWNET): Operation not permitted")
 
 
 def _in_child(dumpable: bool) -> dict[str, Any]:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        out: dict[str, Any] = {}
-        try:
-            before = os.readlink("/proc/self/ns/net")
-            os.setgroups([])
-            os.setresgid(GID, GID, GID)
-            os.setresuid(UID, UID, UID)  # clears "dumpable", as a uid change does
-            if dumpable:  # as after an execve, which the real zygote is
-                ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-            out["status"] = _zygote._userns_netns(DIRECT)
-            out["moved"] = os.readlink("/proc/self/ns/net") != before
-            out["caps"] = capabilities()
-            out["ids"] = [os.getuid(), os.getgid()]
-        except BaseException as exc:  # noqa: BLE001
-            out["error"] = repr(exc)
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return dict(json.loads(data.decode()))
+    before = os.readlink("/proc/self/ns/net")
+
+    def check() -> dict[str, Any]:
+        if dumpable:  # as after an execve, which the real zygote is
+            ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        return {
+            "status": _zygote._userns_netns(DIRECT),
+            "moved": os.readlink("/proc/self/ns/net") != before,
+            "caps": capabilities(),
+            "ids": [os.getuid(), os.getgid()],
+        }
+
+    return as_uid_in_child(UID, check)
 
 
 def test_network_namespace_in_a_user_namespace_without_capabilities() -> None:
