@@ -1,23 +1,25 @@
-"""The zygote's network namespace for a host that is not root, in a forked child of the test process.
+"""The zygote's network namespace for a host that is not root, in a fresh interpreter.
 
-As root, the child drops to an unused uid (as a non-root host would be) and calls what the
-zygote calls when ``unshare(CLONE_NEWNET)`` fails. Both outcomes are checked: the namespaces
+A fresh ``python -I`` (as the real zygote is exec'd; a fork of the test process would carry
+at-fork hooks of libraries the suite loaded, which may start threads, and a process with
+threads cannot enter a user namespace) imports what it needs as root, drops to an unused
+uid (as a non-root host would be) and calls what the zygote calls when
+``unshare(CLONE_NEWNET)`` fails. Both outcomes are checked: the namespaces
 with no capabilities left, and, when the setup cannot be finished (a process that is not
 dumpable may not write its own ``uid_map``), a reported reason with the process unchanged.
 """
 
 from __future__ import annotations
 
-import ctypes
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from karen_hooks.sandbox import _zygote
-from karen_hooks.sandbox._userns import capabilities
-
-from ._forked import as_uid_in_child
 
 if os.geteuid() != 0:
     pytest.skip("drops to another uid; the non-root host is covered by test_nonroot_host", allow_module_level=True)
@@ -25,24 +27,34 @@ if not os.path.exists("/proc/self/ns/user"):
     pytest.skip("the kernel has no user namespaces", allow_module_level=True)
 
 UID = GID = 64_322  # unused, like test_nonroot_host's
-PR_SET_DUMPABLE = 4
 DIRECT = OSError(1, "unshare(CLONE_NEWNET): Operation not permitted")
 
 
+_CHECK = r"""
+import ctypes, json, os, sys
+from karen_hooks.sandbox import _userns, _zygote  # imported as root: the uid below may not read them
+
+uid, dumpable = int(sys.argv[1]), sys.argv[2] == "1"
+before = os.readlink("/proc/self/ns/net")
+os.setgroups([])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)  # clears "dumpable", as a uid change does
+if dumpable:  # as after an execve, which the real zygote is
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+print(json.dumps({
+    "status": _zygote._userns_netns(OSError(1, "unshare(CLONE_NEWNET): Operation not permitted")),
+    "moved": os.readlink("/proc/self/ns/net") != before,
+    "caps": _userns.capabilities(),
+    "ids": [os.getuid(), os.getgid()],
+}))
+"""
+
+
 def _in_child(dumpable: bool) -> dict[str, Any]:
-    before = os.readlink("/proc/self/ns/net")
-
-    def check() -> dict[str, Any]:
-        if dumpable:  # as after an execve, which the real zygote is
-            ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-        return {
-            "status": _zygote._userns_netns(DIRECT),
-            "moved": os.readlink("/proc/self/ns/net") != before,
-            "caps": capabilities(),
-            "ids": [os.getuid(), os.getgid()],
-        }
-
-    return as_uid_in_child(UID, check)
+    proc = subprocess.run([sys.executable, "-I", "-c", _CHECK, str(UID), "1" if dumpable else "0"],
+                          capture_output=True, text=True, env={}, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout))
 
 
 def test_network_namespace_in_a_user_namespace_without_capabilities() -> None:
