@@ -122,12 +122,11 @@ class CgroupSlot:
         now = self.counters()
         return {k for k, v in now.items() if v > self._base.get(k, 0)}
 
-    def pids(self) -> set[int]:
-        """Every process in the slot (re-opened each time: cgroup v1 caches a list per open file)."""
-        return self._read_pids() or set()
+    def pids(self) -> set[int] | None:
+        """Every process in the slot, or ``None`` when the list could not be read (never taken for empty).
 
-    def _read_pids(self) -> set[int] | None:
-        """Like :meth:`pids`, but ``None`` when the list could not be read."""
+        Re-opened each time: cgroup v1 caches a list per open file.
+        """
         ctrl = "pids" if "pids" in self.dirs else next(iter(self.dirs))
         # every process joins all the slot's controllers; one list is enough
         try:
@@ -140,7 +139,7 @@ class CgroupSlot:
 
         ``False`` if the process list could not be read: the caller must not keep the worker.
         """
-        pids = self._read_pids()
+        pids = self.pids()
         for pid in pids or ():
             if pid != keep:
                 with contextlib.suppress(ProcessLookupError):
@@ -153,7 +152,7 @@ class CgroupSlot:
         ``False`` if the slot's process list could not be read (e.g. the host is out of
         descriptors), so the caller can fall back to another way of killing.
         """
-        pids = self._read_pids()
+        pids = self.pids()
         for pid in pids or ():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -178,7 +177,7 @@ class CgroupSlot:
         deadline = time.monotonic() + timeout
         delay = 0.0002
         while True:
-            pids = self._read_pids()
+            pids = self.pids()
             if pids is not None and not pids:
                 return True
             for pid in pids or ():

@@ -20,6 +20,7 @@ def test_an_unreadable_process_list_is_not_an_empty_slot(tmp_path: Path) -> None
     assert slot.kill_all(timeout=0.05) is False
     assert slot.kill_once() is False
     assert slot.kill_others(keep=1) is False
+    assert slot.pids() is None
 
 
 def test_an_empty_process_list_is_an_empty_slot(tmp_path: Path) -> None:

@@ -356,7 +356,7 @@ def test_no_stray_processes_after_hostile_calls(executor, layers):
         free = list(executor._slots.queue)  # a slot is back only once its cgroup is empty
         z = executor._zygote()
         standby = {pid for pid, _sock in z.standby.values()}  # pre-forked children waiting for a call
-        busy = [s.cg.pids() - standby for s in free if s.cg is not None]
+        busy = [_readable(s.cg.pids()) - standby for s in free if s.cg is not None]
         children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == z.pid and int(p) not in standby]
         if len(free) == executor._nslots and not any(busy) and not children:
             break
@@ -364,6 +364,11 @@ def test_no_stray_processes_after_hostile_calls(executor, layers):
     assert len(free) == executor._nslots
     assert not any(busy)
     assert children == []
+
+
+def _readable(pids: set[int] | None) -> set[int]:
+    assert pids is not None, "a slot's process list could not be read"
+    return pids
 
 
 def _ppid(pid: int) -> int:
