@@ -42,7 +42,7 @@ def known_hooks(router: PluginRouter, info: PluginInfo) -> list[str] | None:
 
 
 def sandbox_mode(router: PluginRouter, info: PluginInfo) -> str:
-    return router.settings.plugin(info.name).mode if info.sandboxed else "in-host"
+    return router.settings.plugin(info.name).mode if info.sandboxed else "in_host"  # the metrics and audit label, spelled alike
 
 
 def plugin_record(router: PluginRouter, info: PluginInfo) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_list_table(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
     by_name = {r.split()[0]: r for r in rows}
     assert set(by_name) == {"boom", "hello", "time-query"}
     assert "karen-plugin-time-query" in by_name["time-query"] and "time.now" in by_name["time-query"]
-    assert "greet" in by_name["hello"] and "in-host" in by_name["hello"] and "user" in by_name["hello"]
+    assert "greet" in by_name["hello"] and "in_host" in by_name["hello"] and "user" in by_name["hello"]
 
 
 def test_list_json(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +42,7 @@ def test_list_json(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None
     data = {r["name"]: r for r in json.loads(out)}
     tq = data["time-query"]
     assert tq["distribution"] == "karen-plugin-time-query" and tq["version"] == "1.0.0"
-    assert tq["trusted"] is True and tq["sandbox"] == "in-host" and tq["error"] is None
+    assert tq["trusted"] is True and tq["sandbox"] == "in_host" and tq["error"] is None
     assert tq["required_roles"] == ["user"]
     assert [i["name"] for i in tq["intents"]] == ["time.now"]
     assert tq["intents"][0]["params"]["properties"]["format"]["default"] == "iso"
