@@ -65,6 +65,9 @@ class ZygoteContext:
         self.rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, dict[str, bool]]] = {}
         self.status: dict[str, list[Any]] = {}
         self.seccomp_loaded = False
+        # the zygote made a user namespace of its own (a host that is not root): RLIMIT_NPROC
+        # then counts only the processes in it, the zygote's and its children's
+        self.own_userns = False
 
     def add_aliases(self, paths: list[str]) -> None:
         if not self.root:
@@ -168,7 +171,13 @@ def apply_layers(
             raise OSError("landlock required but no ruleset was built")
     uid, gid = int(cfg.get("uid", -1)), int(cfg.get("gid", -1))
     dedicated = os.geteuid() == 0 and uid > 0
-    step("rlimits", lambda: _layers.apply_rlimits(cfg["limits"], int(cfg.get("warm_calls", 1)), nproc=dedicated))
+    nproc, rl_detail = _process_cap(cfg, z, dedicated)
+
+    def rlimits() -> str:
+        _layers.apply_rlimits(cfg["limits"], int(cfg.get("warm_calls", 1)), nproc=nproc)
+        return rl_detail  # what the layer reports
+
+    step("rlimits", rlimits)
     if os.geteuid() == 0 and uid > 0:
         step("uid", lambda: _layers.drop_privileges(uid, gid))
     elif os.geteuid() == 0:
@@ -182,6 +191,22 @@ def apply_layers(
     elif "seccomp" in required:
         raise OSError("seccomp required but unavailable")
     return status
+
+
+def _process_cap(cfg: dict[str, Any], z: ZygoteContext, dedicated: bool) -> tuple[int, str]:
+    """RLIMIT_NPROC for this child (0: none) and how the rlimits layer describes it."""
+    base = "CPU seconds, address space, open files, file size, "
+    if dedicated:  # the slot's own uid: every process counted is this call's
+        return int(cfg["limits"]["processes"]), base + "process count (RLIMIT_NPROC per slot uid)"
+    if z.own_userns:
+        # Counted per user namespace (Linux >= 5.14 ucounts): the zygote's, so the processes of all
+        # calls together, not the host's. The host sends processes + 2 x slots + 1 (zygote, a
+        # standby or call per slot): a call that forks gets its budget while the others don't.
+        cap = int(cfg.get("userns_processes") or cfg["limits"]["processes"])
+        return cap, (base + f"process count: RLIMIT_NPROC {cap} counted in the zygote's user namespace, "
+                     "one budget shared by all calls (a fork bomb cannot reach the host's processes)")
+    return 0, (base + "no process count: without a dedicated uid or a user namespace, RLIMIT_NPROC "
+               "would count every process of the host's uid")
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -47,11 +47,6 @@ def statuses_from(child: dict[str, list[Any]], cgroups: Any, tmpfs_ok: bool, tmp
     out = [LayerStatus("exec_zygote", True, "python -I, empty environment, close_fds, new session")]
     for name in ("session", "rlimits", "uid", "netns", "seccomp"):
         ok, detail = child.get(name, [False, "not reported"])
-        if name == "rlimits" and ok and not child.get("uid", [False])[0]:
-            # apply_rlimits leaves RLIMIT_NPROC unset without a dedicated uid (it would count every
-            # process of the host's uid); the default text would claim a process cap
-            detail = ("CPU seconds, address space, open files, file size; no RLIMIT_NPROC (without a "
-                      "dedicated uid it would count every process of the host's uid)")
         out.append(LayerStatus(name, bool(ok), str(detail) or LAYERS[name]))
     abi = child.get("landlock_abi", [False, "0"])
     ll_err = child.get("landlock", [False, "Landlock unavailable"])[1]
@@ -73,7 +68,7 @@ def statuses_from(child: dict[str, list[Any]], cgroups: Any, tmpfs_ok: bool, tmp
     else:
         # say what is lost, not just the errno: these are the two gaps of a non-root host
         lost = {"memory": "resident memory is bounded only by RLIMIT_AS per process",
-                "pids": "no process cap (a fork bomb runs until the call's wall time), and a double-forked "
+                "pids": "processes are capped only as the rlimits layer says, and a double-forked "
                         "daemon is found only as an orphan of the zygote (see subreaper)"}
         for ctrl in ("memory", "pids"):
             out.append(LayerStatus(f"cgroup_{ctrl}", False, f"no writable cgroup ({cgroups.problem}): {lost[ctrl]}"))

@@ -188,6 +188,7 @@ class SandboxExecutor:
                 uid = self._uid_base + self._nslots if self._root else -1
                 probe = {"workdir": self._base, "uid": uid, "gid": uid, "read_paths": self._read_paths,
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {},
+                         "userns_processes": self._userns_processes(Limits().processes),
                          "kill_orphans": not self._cgroups.active}  # nothing else finds a daemon then
                 z = self._zyg = _Zygote(probe)
                 self._event("start", "zygote")
@@ -195,6 +196,16 @@ class SandboxExecutor:
                 for slot in list(self._slots.queue):  # forked by the zygote in the background
                     z.prepare(slot)
             return z
+
+    def _userns_processes(self, processes: int) -> int:
+        """RLIMIT_NPROC for a child when the zygote has a user namespace of its own (a non-root host).
+
+        It counts every process in that namespace: the zygote, one standby or call child
+        per slot, a standby forked for the slot while its call still runs, and what the
+        calls fork. So one call gets its full ``processes`` while the others don't fork,
+        and all of them together never exceed this.
+        """
+        return processes + 2 * self._nslots + 1
 
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
         statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)

@@ -211,7 +211,13 @@ def build_seccomp_filter() -> Any:
 # ---------------------------------------------------------------- rlimits
 
 
-def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1, nproc: bool = True) -> None:
+def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1, nproc: int = 0) -> None:
+    """Set this process's rlimits from a call's limits; ``nproc`` is RLIMIT_NPROC (0: leave it unset).
+
+    The caller picks ``nproc``: RLIMIT_NPROC counts every process of the real uid
+    (in the caller's user namespace), so it is a per-call cap only with a dedicated
+    uid, and a cap shared by all calls when the zygote has a user namespace of its own.
+    """
     mib = 1 << 20
     cpu = int(limits["cpu_seconds"])
     # CPU: soft limit sends SIGXCPU; the hard limit (soft + 1) is a SIGKILL
@@ -224,10 +230,8 @@ def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1, nproc: bool = Tru
     resource.setrlimit(resource.RLIMIT_AS, (2 * int(limits["memory_mb"]) * mib,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_size_mb"]) * mib,) * 2)
-    if nproc:
-        # RLIMIT_NPROC counts every process of the real uid: only meaningful with
-        # a dedicated sandbox uid (otherwise the cgroup pids limit does the job).
-        resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["processes"]),) * 2)
+    if nproc > 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # CPython ignores SIGXFSZ; restore the default so a write past the file
     # size limit kills instead of silently short-writing.

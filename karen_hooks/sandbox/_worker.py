@@ -81,6 +81,7 @@ class _Worker:
             "write_paths": [ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
             "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
             "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
+            "userns_processes": ex._userns_processes(limits.processes),
             "cgroup_procs": slot.cg.procs_files if slot.cg is not None else [],
         }
         if self.first is not None:

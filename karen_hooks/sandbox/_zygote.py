@@ -136,6 +136,7 @@ def main(ctrl_fd: int) -> None:
     hello = json.loads(ctrl.recv(_CTRL_MAX).decode())
     probe_cfg = dict(hello["probe"])
     status: dict[str, list[Any]] = {}
+    own_userns = False
     try:
         _layers.set_subreaper()
         status["subreaper"] = [True, "PR_SET_CHILD_SUBREAPER"]
@@ -148,6 +149,7 @@ def main(ctrl_fd: int) -> None:
         status["netns"] = [True, "private empty network namespace"]
     except OSError as exc:
         status["netns"] = _userns_netns(exc)
+        own_userns = bool(status["netns"][0])
     ok, why = _layers.seccomp_available()
     filt = None
     if ok:
@@ -158,6 +160,7 @@ def main(ctrl_fd: int) -> None:
     abi = _layers.landlock_abi()
     z = _child.ZygoteContext(filt, abi, int(probe_cfg.get("uid", -1)), int(probe_cfg.get("gid", -1)))
     z.status.update(status)
+    z.own_userns = own_userns
     z.add_aliases(list(probe_cfg["read_paths"]))
     z.rewrite_imports()
     status.update(_probe(probe_cfg, z))

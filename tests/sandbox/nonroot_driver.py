@@ -139,7 +139,8 @@ def attack(name: str, action: str | None = None, **params) -> dict:
         result, out, _err = asyncio.run(manager.run_plugin("hostile", {"action": action or name, **params}, USER))
         attacks[name] = {"result": result, "stdout": out}
     except Exception as exc:  # noqa: BLE001 - reported to the test
-        attacks[name] = {"error": type(exc).__name__, "limit": getattr(exc, "limit", None), "message": str(exc)[:500]}
+        attacks[name] = {"error": type(exc).__name__, "limit": getattr(exc, "limit", None), "message": str(exc)[:500],
+                         "stderr": str(getattr(exc, "stderr", "") or "")[-500:]}
     return attacks[name]
 
 
@@ -169,18 +170,31 @@ except Exception as exc:  # noqa: BLE001
 for name in ("busy", "huge_alloc"):
     attacks[name]["expected_error"] = True
 
+
+
+def settle(daemon: int = 0) -> tuple[bool, list[int]]:
+    """Wait (up to 5 s) until only this host, its zygote and the slots' standby children are left."""
+    deadline = time.monotonic() + 5
+    while True:
+        z = ex._zygote()
+        strays = _mine() - {os.getpid(), z.pid} - {pid for pid, _sock in list(z.standby.values())}
+        gone = not daemon or not _alive(daemon)
+        if (gone and not strays) or time.monotonic() > deadline:
+            return gone, sorted(strays)
+        time.sleep(0.02)
+
+
 daemon = attack("daemon").get("result", {}).get("daemon", 0)
 attack("fork_bomb", n=20)  # children sleep 60 s; the call returns as soon as they are forked
-deadline = time.monotonic() + 5
-while True:  # what is left: this host, its zygote and the slots' standby children, nothing else
-    z = ex._zygote()
-    strays = _mine() - {os.getpid(), z.pid} - {pid for pid, _sock in list(z.standby.values())}
-    gone = not _alive(daemon)
-    if (gone and not strays) or time.monotonic() > deadline:
-        break
-    time.sleep(0.02)
-control["daemon_gone"] = gone
-control["strays"] = sorted(strays)
+control["daemon_gone"], control["strays"] = settle(daemon)
+# Unbounded: RLIMIT_NPROC in the zygote's user namespace stops them (32 + 2 x 2 slots + 1 in all).
+attack("fork_bomb_unbounded", "fork_bomb")
+control["strays_after_bomb"] = settle()[1]
+attack("thread_bomb")
+control["strays_after_thread_bomb"] = settle()[1]
+for name in ("fork_bomb_unbounded", "thread_bomb"):
+    attacks[name]["expected_error"] = True
+attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
 attack("echo_after", "echo")
 ex.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -358,6 +359,25 @@ def test_double_fork_daemon_and_leftover_children_do_not_survive(report):
     assert _attack(report, "fork_bomb")["result"] == 20  # 20 children left sleeping when the call returned
     assert report["control"]["strays"] == [], report["control"]["strays"]
     assert report["_left_over"] == []  # nothing of the unprivileged uid outlived the host
+
+
+def test_fork_and_thread_bombs_are_capped_in_the_zygotes_user_namespace(report):
+    """No cgroup and no dedicated uid, yet RLIMIT_NPROC bites: it counts per user namespace.
+
+    The zygote's namespace holds only sandbox processes, so the cap (processes + 2 x slots + 1
+    = 32 + 4 + 1) bounds every call together and never counts the host's own processes.
+    """
+    assert report["layers"]["netns"][0], "needs the zygote's own user namespace"
+    assert "RLIMIT_NPROC 37" in report["layers"]["rlimits"][1], report["layers"]["rlimits"]  # 2 slots
+    bomb = _attack(report, "fork_bomb_unbounded")
+    assert bomb.get("error") == "LimitExceeded" and bomb["limit"] == "processes", bomb
+    forked = int(re.search(r"forked (\d+)", bomb["stderr"]).group(1))
+    # its own process, the zygote and the other slot's standby (and this slot's next one) are counted too
+    assert 32 <= forked <= 37, forked
+    threads = _attack(report, "thread_bomb")
+    assert threads.get("error") == "LimitExceeded" and threads["limit"] == "processes", threads
+    assert report["control"]["strays_after_bomb"] == [] and report["control"]["strays_after_thread_bomb"] == []
+    assert _attack(report, "fork_after_bomb") == {"result": 24, "stdout": ""}  # the budget is back
 
 
 def test_host_keeps_serving(report):
