@@ -65,9 +65,9 @@ class ZygoteContext:
         self.rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, dict[str, bool]]] = {}
         self.status: dict[str, list[Any]] = {}
         self.seccomp_loaded = False
-        # the zygote made a user namespace of its own (a host that is not root): RLIMIT_NPROC
-        # then counts only the processes in it, the zygote's and its children's
-        self.own_userns = False
+        # the zygote made a user namespace of its own (a host that is not root) and the kernel
+        # counts RLIMIT_NPROC per namespace: it then counts only the zygote's and its children's
+        self.nproc_in_userns = False
 
     def add_aliases(self, paths: list[str]) -> None:
         if not self.root:
@@ -198,7 +198,7 @@ def _process_cap(cfg: dict[str, Any], z: ZygoteContext, dedicated: bool) -> tupl
     base = "CPU seconds, address space, open files, file size, "
     if dedicated:  # the slot's own uid: every process counted is this call's
         return int(cfg["limits"]["processes"]), base + "process count (RLIMIT_NPROC per slot uid)"
-    if z.own_userns:
+    if z.nproc_in_userns:
         # Counted per user namespace (Linux >= 5.14 ucounts): the zygote's, so the processes of all
         # calls together, not the host's. The host sends processes + 2 x slots + 1 (zygote, a
         # standby or call per slot): a call that forks gets its budget while the others don't.

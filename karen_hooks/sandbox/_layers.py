@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import resource
 import signal
 import stat
@@ -209,6 +210,16 @@ def build_seccomp_filter() -> Any:
 
 
 # ---------------------------------------------------------------- rlimits
+
+
+def nproc_counted_per_userns(release: str | None = None) -> bool:
+    """Whether this kernel counts RLIMIT_NPROC per user namespace (ucounts, Linux 5.14).
+
+    Older kernels count every process of the real uid machine-wide: there, a cap set
+    inside the zygote's namespace would also count the host's own processes.
+    """
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (5, 14)
 
 
 def apply_rlimits(limits: dict[str, Any], warm_calls: int = 1, nproc: int = 0) -> None:

@@ -160,7 +160,7 @@ def main(ctrl_fd: int) -> None:
     abi = _layers.landlock_abi()
     z = _child.ZygoteContext(filt, abi, int(probe_cfg.get("uid", -1)), int(probe_cfg.get("gid", -1)))
     z.status.update(status)
-    z.own_userns = own_userns
+    z.nproc_in_userns = own_userns and _layers.nproc_counted_per_userns()
     z.add_aliases(list(probe_cfg["read_paths"]))
     z.rewrite_imports()
     status.update(_probe(probe_cfg, z))
