@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -44,6 +45,9 @@ class _Zygote:
         # a wedged zygote must not block the host: sends time out (and the zygote is replaced)
         parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
         self.pid = self.proc.pid
+        # Without cgroups nothing else finds a call's processes once the zygote (their subreaper)
+        # is gone: then each call child's process group is killed (see _kill_call_groups).
+        self._kill_groups = bool(probe_cfg.get("kill_orphans"))
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
         # slot -> (pid, socket) of its pre-forked standby child
@@ -102,8 +106,28 @@ class _Zygote:
         with self._cond:
             self.alive = False
             self._cond.notify_all()
+        self._kill_call_groups()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
+
+    def _kill_call_groups(self) -> None:
+        """SIGKILL the process group of every call and standby child; once the zygote is gone.
+
+        Each child is a session (and group) leader; what it forked stays in its group
+        unless it ran ``setsid`` itself. Without this, a call running when its zygote
+        dies (killed, or ``close()`` mid-call) would be re-parented to PID 1 and run on.
+        A group id stays allocated while any member lives, so this cannot hit a
+        stranger's group while the call's processes exist.
+        """
+        if not self._kill_groups:
+            return  # the executor kills the slots' cgroups instead
+        with self._cond:
+            pids = set(self._by_pid) | {pid for pid, _sock in self.standby.values()}
+            pids |= {rec["started"].get("pid") for rec in self._pending.values() if "started" in rec}
+        for pid in pids:
+            if isinstance(pid, int) and pid > 1:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def wait_standby(self, slot: int, timeout: float) -> None:
         """Wait (up to ``timeout``) for the standby child of ``slot`` if one is being forked.
@@ -185,5 +209,6 @@ class _Zygote:
             self.proc.kill()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
+        self._kill_call_groups()
         with contextlib.suppress(OSError):
             self.ctrl.close()

@@ -11,8 +11,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -195,7 +197,31 @@ control["strays_after_thread_bomb"] = settle()[1]
 for name in ("fork_bomb_unbounded", "thread_bomb"):
     attacks[name]["expected_error"] = True
 attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
-attack("echo_after", "echo")
+
+# The zygote killed in the middle of a call (a crash; or close() during a call): with no cgroup, the
+# host kills each call's process group, so neither the call's process nor its child runs on.
+z = ex._zygote()
+mid = threading.Thread(target=attack, args=("zygote_killed_mid_call", "fork_and_sleep"))
+mid.start()
+
+
+def _call_procs() -> set[int]:
+    return _mine() - {os.getpid(), z.pid} - {pid for pid, _sock in list(z.standby.values())}
+
+
+deadline = time.monotonic() + 5
+while len(_call_procs()) < 2 and time.monotonic() < deadline:  # the call's process and its child
+    time.sleep(0.02)
+victims = sorted(_call_procs())
+os.kill(z.pid, signal.SIGKILL)
+mid.join(30)
+deadline = time.monotonic() + 5
+while any(_alive(p) for p in victims) and time.monotonic() < deadline:
+    time.sleep(0.02)
+control["mid_call_victims"] = victims
+control["mid_call_survivors"] = [p for p in victims if _alive(p)]
+attacks["zygote_killed_mid_call"]["expected_error"] = True
+attack("echo_after", "echo")  # served by a new zygote
 ex.close()
 
 print(json.dumps({

@@ -380,6 +380,14 @@ def test_fork_and_thread_bombs_are_capped_in_the_zygotes_user_namespace(report):
     assert _attack(report, "fork_after_bomb") == {"result": 24, "stdout": ""}  # the budget is back
 
 
+def test_zygote_killed_mid_call_takes_the_calls_processes_with_it(report):
+    """No cgroup: the host kills each call's process group when its zygote dies (else PID 1 adopts them)."""
+    victims = report["control"]["mid_call_victims"]
+    assert len(victims) == 2, victims  # the call's process and the child it forked, both sleeping 60 s
+    assert report["control"]["mid_call_survivors"] == []
+    assert _attack(report, "zygote_killed_mid_call")["error"] == "SandboxError"
+
+
 def test_host_keeps_serving(report):
     after = report["attacks"]["echo_after"]
     assert "error" not in after, after

@@ -93,6 +93,15 @@ def act_fork_bomb(p, ctx):
     return len(pids)
 
 
+def act_fork_and_sleep(p, ctx):
+    """A call that is still running, with a child of its own, when the test kills the zygote."""
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+    return "woke"
+
+
 def act_fork_n(p, ctx):
     pids = []
     for _ in range(p["n"]):
