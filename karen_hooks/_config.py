@@ -75,7 +75,9 @@ class PluginSettings(BaseModel):
     required_roles: list[str] | None = None
     intent_roles: dict[str, list[str]] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, Any] = Field(default_factory=dict)
+    # Only the fields given here override the host's limits (``model_fields_set``); validated with
+    # the settings, so a typo or a bad value fails at load, named plugins.NAME.limits.FIELD.
+    limits: Limits = Field(default_factory=Limits)
     mode: Literal["fork", "warm"] = "fork"
     warm_max_calls: int = Field(100, gt=0)
     remember: bool = True
@@ -117,13 +119,10 @@ class Settings(BaseModel):
         return name in self.trusted_plugins or self.plugin(name).trusted
 
     def limits_for(self, name: str) -> Limits:
-        overrides = self.plugin(name).limits
-        if not overrides:
-            return self.limits
-        try:
-            return self.limits.model_copy(update=Limits.model_validate({**self.limits.model_dump(), **overrides}).model_dump())
-        except ValidationError as exc:
-            raise ConfigError(f"[plugins.{name}.limits] is invalid: {exc}") from None
+        """The host's limits with ``[plugins.NAME.limits]`` applied (validated when the settings loaded)."""
+        given = self.plugin(name).limits
+        overrides = given.model_dump(include=given.model_fields_set)
+        return self.limits.model_copy(update=overrides) if overrides else self.limits
 
 
 _BOOL_ENV = {

@@ -63,6 +63,17 @@ def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
         load_settings(environ={"KAREN_CONFIG": str(cfg)})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"KAREN_CONFIG": str(tmp_path / "missing.toml")})
+    # per-plugin limits are checked when the settings load, not on the plugin's first call
     cfg.write_text("[plugins.w]\nlimits = { wall_seconds = -1 }\n")
-    with pytest.raises(ConfigError, match=r"\[plugins.w.limits\] is invalid"):
-        load_settings(environ={"KAREN_CONFIG": str(cfg)}).limits_for("w")
+    with pytest.raises(ConfigError, match=r"plugins\.w\.limits\.wall_seconds: Input should be greater than 0"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)})
+    cfg.write_text("[plugins.w]\nlimits = { wall_secs = 2 }\n")
+    with pytest.raises(ConfigError, match=r"plugins\.w\.limits\.wall_secs: Extra inputs are not permitted"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)})
+
+
+def test_plugin_limits_override_only_what_they_name() -> None:
+    s = load_settings(environ={"KARI_CPU_LIMIT": "9"}, plugins={"w": {"limits": {"wall_seconds": "2.5", "processes": 4}}})
+    got = s.limits_for("w")
+    assert (got.wall_seconds, got.processes, got.cpu_seconds) == (2.5, 4, 9)  # cpu: the host's, not Limits' default
+    assert s.limits_for("other") == s.limits and s.limits.processes == 32
