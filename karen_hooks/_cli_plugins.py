@@ -202,9 +202,28 @@ def _extra_checks(router: PluginRouter) -> list[LoadProblem]:
     return found
 
 
+def _settings_checks(router: PluginRouter) -> list[LoadProblem]:
+    """Settings that name a plugin that is not installed: a typo there fails silently otherwise
+    (a misspelt ``disable_plugins`` entry leaves the plugin enabled)."""
+    import difflib
+
+    s = router.settings
+    known = router.installed_names()
+    found = []
+    for setting, names in (("disable_plugins", s.disable_plugins), ("trusted_plugins", s.trusted_plugins),
+                           ("load_plugins", s.load_plugins or []), ("plugins", sorted(s.plugins))):
+        for name in names:
+            if name not in known:
+                near = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"did you mean {near[0]!r}?" if near else "check the spelling, or install it"
+                where = f"[plugins.{name}]" if setting == "plugins" else setting
+                found.append(LoadProblem(name, f"{where} names {name!r}, but no plugin of that name is installed; {hint}"))
+    return found
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     with open_router(args, strict=False) as router:
-        problems = list(router.problems) + _extra_checks(router)
+        problems = list(router.problems) + _extra_checks(router) + _settings_checks(router)
         loaded = router.list_plugins()
     if args.json:
         print_json(

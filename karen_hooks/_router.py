@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import types
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ._dirplugins import DirectoryPlugin, iter_plugin_folders, load_directory_pl
 from ._errors import AmbiguousIntent, KarenError, PluginLoadError, PluginNotFound
 from ._executor import Executor
 from ._loader import (
+    GROUP,
     Candidate,
     api_version_problem,
     find_entry_points,
@@ -91,6 +93,7 @@ class PluginRouter:
         self._by_intent: dict[str, str] = {}
         self._callers: dict[str, pluggy.PluginManager] = {}
         self.problems: list[LoadProblem] = []
+        self._folder_names: set[str] = set()  # every plugin folder's name, wanted or not
         self.discover()
 
     # -- discovery -------------------------------------------------------
@@ -119,15 +122,18 @@ class PluginRouter:
         s = self.settings
         for cand in find_entry_points(s.load_plugins, s.disable_plugins):
             self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
+        self._folder_names = set()
         if s.plugin_dir:
             for folder, category in iter_plugin_folders(Path(s.plugin_dir)):
                 loaded = load_directory_plugin(folder, category)
+                self._folder_names.add(loaded.plugin if isinstance(loaded, LoadProblem) else loaded.name)
                 if isinstance(loaded, LoadProblem):
                     if self._wanted(loaded.plugin):
                         self._problem(loaded)
                     continue
                 if self._wanted(loaded.name):
                     self._guard(loaded.name, None, lambda d=loaded: self._load_directory(d))
+        self._warn_filter_typos()
         if s.strict and self.problems:
             p = self.problems[0]
             raise PluginLoadError(p.plugin, "; ".join(f"{q.plugin}: {q.reason}" for q in self.problems), p.distribution)
@@ -229,6 +235,26 @@ class PluginRouter:
         return info
 
     # -- queries ---------------------------------------------------------
+
+    def installed_names(self) -> set[str]:
+        """Every plugin name this host could load, whatever the settings filter out or fails to load.
+
+        Installed entry points, folders under ``plugin_dir`` with a readable manifest, and
+        plugins registered in code. (Settings that name anything else name nothing.)
+        """
+        names = {ep.name for ep in entry_points(group=GROUP)} | self._folder_names
+        return names | set(self._plugins) | {p.plugin for p in self.problems}
+
+    def _warn_filter_typos(self) -> None:
+        """A name in ``load_plugins``/``disable_plugins`` that matches nothing is logged (``plugins check`` fails on it)."""
+        s = self.settings
+        listed = [("KAREN_DISABLE_PLUGINS", n) for n in s.disable_plugins]
+        listed += [("KAREN_LOAD_PLUGINS", n) for n in s.load_plugins or []]
+        if listed:
+            known = self.installed_names()
+            for setting, name in listed:
+                if name not in known:
+                    log.warning("%s names %r, but no plugin of that name is installed (a typo?)", setting, name)
 
     def list_plugins(self) -> list[PluginInfo]:
         return [self._plugins[n] for n in sorted(self._plugins)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -115,6 +116,35 @@ def test_check_finds_bad_prompt_syntax(plugin_dir: Path, capsys: pytest.CaptureF
     (plugin_dir / "examples" / "hello" / "prompt.txt").write_text("{% if %}")
     code, out, _ = run_cli(capsys, "plugins", "check")
     assert code == 1 and "hello" in out and "prompt template line 1" in out
+
+
+def test_check_fails_on_settings_that_name_no_installed_plugin(
+    plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a misspelt disable leaves the plugin enabled: only this check tells the operator
+    monkeypatch.setenv("KAREN_DISABLE_PLUGINS", "helo")
+    monkeypatch.setenv("KAREN_TRUSTED_PLUGINS", "hello,boom,time-query,weather,zzz-missing")
+    code, out, err = run_cli(capsys, "plugins", "check", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False and "hello" in data["loaded"]
+    reasons = {p["plugin"]: p["reason"] for p in data["problems"]}
+    # weather is installed, only left out by KAREN_LOAD_PLUGINS: trusting it is not a typo
+    assert set(reasons) == {"helo", "zzz-missing"}, reasons
+    assert reasons["helo"] == "disable_plugins names 'helo', but no plugin of that name is installed; did you mean 'hello'?"
+    assert reasons["zzz-missing"].startswith("trusted_plugins names 'zzz-missing'")
+
+
+def test_router_logs_a_load_or_disable_filter_that_matches_nothing(
+    plugin_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from karen_hooks import PluginRouter, load_settings
+
+    monkeypatch.setenv("KAREN_DISABLE_PLUGINS", "helo,boom")
+    with caplog.at_level(logging.WARNING, logger="karen_hooks.router"):
+        router = PluginRouter(load_settings(), executor=None)
+    typos = [r.getMessage() for r in caplog.records if "no plugin of that name" in r.getMessage()]
+    assert typos == ["KAREN_DISABLE_PLUGINS names 'helo', but no plugin of that name is installed (a typo?)"]
+    assert "hello" in router.installed_names() and "boom" in router.installed_names()  # disabled, still installed
 
 
 # -- run ------------------------------------------------------------------------
