@@ -64,6 +64,17 @@ def prctl(option: int, arg: int = 0) -> None:
     _errcheck(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
 
 
+def read_to_eof(fd: int) -> bytes:
+    """Everything a (forked helper's) pipe delivers until its writer closes it; closes ``fd``."""
+    data = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
+
+
 def set_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ._layers import CLONE_NEWNET, _errcheck, _libc, prctl
+from ._layers import CLONE_NEWNET, _errcheck, _libc, prctl, read_to_eof
 
 CLONE_NEWUSER = 0x10000000
 PR_CAPBSET_READ = 23
@@ -140,10 +140,7 @@ def trial() -> str:
         os.write(w, why)
         os._exit(0)
     os.close(w)
-    data = b""
-    while chunk := os.read(r, 4096):
-        data += chunk
-    os.close(r)
+    data = read_to_eof(r)
     _pid, status = os.waitpid(pid, 0)
     if not data and status != 0:
         return f"the trial child died (wait status {status})"

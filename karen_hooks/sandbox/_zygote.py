@@ -48,13 +48,8 @@ def _probe(cfg: dict[str, Any], z: Any) -> dict[str, Any]:
             status = {"_error": [False, repr(exc)]}
         os.write(w, json.dumps(status).encode())
         os._exit(0)
-    os.close(w)
-    if ruleset is not None:
-        pass  # cached in the context; the child closed its copy
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
+    os.close(w)  # the ruleset fd stays open: cached in the context (the child closed its copy)
+    data = _layers.read_to_eof(r)
     os.waitpid(pid, 0)
     try:
         return dict(json.loads(data.decode()))

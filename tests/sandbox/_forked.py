@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from karen_hooks.sandbox._layers import read_to_eof
+
 
 def as_uid_in_child(uid: int, check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Fork; in the child drop to ``uid`` (gid the same, no groups) and run ``check``; return what it returned.
@@ -27,9 +29,6 @@ def as_uid_in_child(uid: int, check: Callable[[], dict[str, Any]]) -> dict[str, 
         os.write(w, json.dumps(out).encode())
         os._exit(0)
     os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
+    data = read_to_eof(r)
     os.waitpid(pid, 0)
     return dict(json.loads(data.decode()))

@@ -32,6 +32,7 @@ logging.getLogger("karen_hooks").setLevel(logging.DEBUG)
 
 from karen_hooks import Limits, PluginManager, PluginRouter, PluginSettings, PluginSpec, load_settings  # noqa: E402
 from karen_hooks.sandbox import SandboxExecutor, doctor, format_doctor  # noqa: E402
+from karen_hooks.sandbox._layers import read_to_eof  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
@@ -102,9 +103,7 @@ def _helper_alone() -> dict:
         os.write(w, json.dumps(out).encode())
         os._exit(0)
     os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
+    data = read_to_eof(r)
     os.waitpid(pid, 0)
     res = json.loads(data.decode())
     res["file_uid"] = os.stat(os.path.join(cfg["helper_dir"], "owned")).st_uid
