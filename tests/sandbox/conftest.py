@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,16 @@ def alive(pid: int) -> bool:
 
 
 HOST_PID = os.getpid()
+
+
+def localhost_listeners(udp_timeout: float) -> tuple[socket.socket, socket.socket]:
+    """A listening TCP socket (0.2 s accept timeout) and a bound UDP socket on 127.0.0.1: what a
+    plugin must not reach. ``udp_timeout`` 0 makes the UDP socket non-blocking."""
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(5)
+    tcp.settimeout(0.2)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(udp_timeout)
+    return tcp, udp

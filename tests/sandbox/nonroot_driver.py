@@ -204,8 +204,18 @@ mid = threading.Thread(target=attack, args=("zygote_killed_mid_call", "fork_and_
 mid.start()
 
 
+def _session(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(") ", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def _call_procs() -> set[int]:
-    return _mine() - {os.getpid(), z.pid} - {pid for pid, _sock in list(z.standby.values())}
+    """The call's process (a session leader the host knows) and what it forked (same session)."""
+    calls = set(z._by_pid) | {rec["started"].get("pid") for rec in list(z._pending.values()) if "started" in rec}
+    return {pid for pid in _mine() if _session(pid) in calls}
 
 
 deadline = time.monotonic() + 5

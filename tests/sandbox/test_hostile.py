@@ -18,7 +18,7 @@ import pytest
 
 from karen_hooks import LimitExceeded, Limits, PluginError, PluginSettings, PluginTimeout, SandboxError
 
-from .conftest import HOST_PID, alive, need, run, still_serves
+from .conftest import HOST_PID, alive, localhost_listeners, need, run, still_serves
 
 
 def _limit(exc_info) -> str:
@@ -227,13 +227,7 @@ def test_writes_outside_work_dir(executor, layers):
 
 def test_tcp_udp_and_unix_sockets_fail(executor, layers):
     need(layers, "seccomp")
-    tcp = socket.socket()
-    tcp.bind(("127.0.0.1", 0))
-    tcp.listen(5)
-    tcp.settimeout(0.2)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    udp.settimeout(0.2)
+    tcp, udp = localhost_listeners(udp_timeout=0.2)
     d = tempfile.mkdtemp(prefix="karen-unix-")
     os.chmod(d, 0o777)
     path = os.path.join(d, "sock")
