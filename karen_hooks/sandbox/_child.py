@@ -204,7 +204,7 @@ def _process_cap(cfg: dict[str, Any], z: ZygoteContext, dedicated: bool) -> tupl
         # standby or call per slot): a call that forks gets its budget while the others don't.
         cap = int(cfg.get("userns_processes") or cfg["limits"]["processes"])
         return cap, (base + f"process count: RLIMIT_NPROC {cap} counted in the zygote's user namespace, "
-                     "one budget shared by all calls (a fork bomb cannot reach the host's processes)")
+                     "one budget shared by all calls; the host's own processes are not counted")
     return 0, (base + "no process count: without a dedicated uid or a user namespace, RLIMIT_NPROC "
                "would count every process of the host's uid")
 
