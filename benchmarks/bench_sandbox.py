@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from karen_hooks import Limits, PluginSettings, PluginSpec, hookimpl, hookspecs  # noqa: E402
 from karen_hooks.sandbox import SandboxExecutor, format_doctor  # noqa: E402
+from karen_hooks.sandbox._layers import proc_stat  # noqa: E402
 
 HANDLER = '''
 def run(params, ctx=None):
@@ -101,14 +102,11 @@ def _cpu_parts(zygote_pid: int) -> dict[str, tuple[float, float]]:
     """(user, system) CPU seconds used so far by this process (all threads), the zygote, and its reaped children."""
     ru = os.times()
     parts = {"host": (ru.user, ru.system), "zygote": (0.0, 0.0), "children": (0.0, 0.0)}
-    try:
-        with open(f"/proc/{zygote_pid}/stat") as fh:
-            fields = [int(x) for x in fh.read().rsplit(") ", 1)[1].split()[11:15]]  # utime stime cutime cstime
-        tck = os.sysconf("SC_CLK_TCK")
-        parts["zygote"] = (fields[0] / tck, fields[1] / tck)
-        parts["children"] = (fields[2] / tck, fields[3] / tck)
-    except OSError:
-        pass
+    st = proc_stat(zygote_pid)
+    if st is not None:
+        utime, stime, cutime, cstime = (int(x) / os.sysconf("SC_CLK_TCK") for x in st[11:15])
+        parts["zygote"] = (utime, stime)
+        parts["children"] = (cutime, cstime)
     return parts
 
 

@@ -79,6 +79,16 @@ def set_subreaper() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name: state, ppid, pgrp, session, ...
+    (``proc(5)`` fields 3 onwards); ``None`` if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def kill_orphans(known: Iterable[int]) -> int:
     """SIGKILL every child of this (subreaper) process that is not in ``known``; returns how many.
 
@@ -97,13 +107,8 @@ def kill_orphans(known: Iterable[int]) -> int:
     except (OSError, ValueError):  # no CONFIG_PROC_CHILDREN: scan every process's parent
         me = os.getpid()
         for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        if int(fh.read().rsplit(") ", 1)[1].split()[1]) == me:
-                            pids.add(int(entry))
-                except (OSError, ValueError, IndexError):
-                    continue
+            if entry.isdigit() and (st := proc_stat(entry)) is not None and st[1] == str(me):
+                pids.add(int(entry))
     n = 0
     for pid in pids - keep:
         try:

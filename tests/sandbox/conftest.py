@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from karen_hooks import Limits, PluginSettings, PluginSpec
+from karen_hooks.sandbox._layers import proc_stat
 
 PLUGINS = Path(__file__).parent / "plugins"
 HOSTILE = PluginSpec(name="hostile", kind="directory", target="handler.py", path=str(PLUGINS / "hostile"),
@@ -70,11 +71,8 @@ def still_serves(executor) -> None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
+    st = proc_stat(pid)
+    return st is not None and st[0] != "Z"  # a zombie has exited
 
 
 HOST_PID = os.getpid()

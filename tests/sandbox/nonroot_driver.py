@@ -32,15 +32,12 @@ logging.getLogger("karen_hooks").setLevel(logging.DEBUG)
 
 from karen_hooks import Limits, PluginManager, PluginRouter, PluginSettings, PluginSpec, load_settings  # noqa: E402
 from karen_hooks.sandbox import SandboxExecutor, doctor, format_doctor  # noqa: E402
-from karen_hooks.sandbox._layers import read_to_eof  # noqa: E402
+from karen_hooks.sandbox._layers import proc_stat, read_to_eof  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+    st = proc_stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def _mine() -> set[int]:
@@ -205,11 +202,8 @@ mid.start()
 
 
 def _session(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(") ", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return -1
+    st = proc_stat(pid)
+    return int(st[3]) if st is not None else -1
 
 
 def _call_procs() -> set[int]:

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from karen_hooks import LimitExceeded, Limits, PluginError, PluginSettings, PluginTimeout, SandboxError
+from karen_hooks.sandbox._layers import proc_stat
 
 from .conftest import HOST_PID, alive, localhost_listeners, need, run, still_serves
 
@@ -366,11 +367,8 @@ def _readable(pids: set[int] | None) -> set[int]:
 
 
 def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(") ", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
+    st = proc_stat(pid)
+    return int(st[1]) if st is not None else -1
 
 
 def test_plugin_error_is_not_a_limit(executor):
