@@ -80,6 +80,7 @@ def test_leftovers_of_a_killed_host_are_removed(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
     assert paths and all(os.path.exists(p) for p in paths)
     time.sleep(0.3)  # its zygote notices the host is gone and exits
     _executor._SWEPT = False
