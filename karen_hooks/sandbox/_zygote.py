@@ -204,9 +204,13 @@ def main(ctrl_fd: int) -> None:
                 data, fds, _flags, _addr = socket.recv_fds(ctrl, _CTRL_MAX, 3)
             except OSError:
                 data, fds = b"", []
-            if not data:
+            if not data:  # the host is gone: so is every process of every call
                 for pid in list(children):
                     _kill_group(pid)
+                if own_userns:  # also those that left their call's session (setsid)
+                    ns = _layers.user_namespace()
+                    if ns is not None:
+                        _layers.kill_user_namespace(ns)
                 os._exit(0)
             msg = json.loads(data.decode())
             op = msg.get("op")

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import SandboxError
+from . import _layers
 
 if TYPE_CHECKING:
     from ._slots import _Slot
@@ -48,6 +49,7 @@ class _Zygote:
         # Without cgroups nothing else finds a call's processes once the zygote (their subreaper)
         # is gone: then each call child's process group is killed (see _kill_call_groups).
         self._kill_groups = bool(probe_cfg.get("kill_orphans"))
+        self._userns: str | None = None  # set once the zygote has said hello
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
         # slot -> (pid, socket) of its pre-forked standby child
@@ -65,6 +67,9 @@ class _Zygote:
             raise SandboxError("<sandbox>", f"the sandbox zygote did not start: {exc}") from None
         parent.settimeout(None)
         self.layers: dict[str, list[Any]] = hello.get("layers", {})
+        # The zygote's own user namespace (a non-root host's): every sandbox process is in it.
+        ns = _layers.user_namespace(self.pid) if self._kill_groups else None
+        self._userns = ns if ns is not None and ns != _layers.user_namespace() else None
         self._reader = threading.Thread(target=self._read_loop, name="karen-zygote-reader", daemon=True)
         self._reader.start()
 
@@ -111,10 +116,11 @@ class _Zygote:
             self.proc.wait(timeout=5)
 
     def _kill_call_groups(self) -> None:
-        """SIGKILL the process group of every call and standby child; once the zygote is gone.
+        """SIGKILL every process of every call and standby child; once the zygote is gone.
 
         Each child is a session (and group) leader; what it forked stays in its group
-        unless it ran ``setsid`` itself. Without this, a call running when its zygote
+        unless it ran ``setsid`` itself, and then it is still in the zygote's user
+        namespace, which is swept too. Without this, a call running when its zygote
         dies (killed, or ``close()`` mid-call) would be re-parented to PID 1 and run on.
         A group id stays allocated while any member lives, so this cannot hit a
         stranger's group while the call's processes exist.
@@ -128,6 +134,8 @@ class _Zygote:
             if isinstance(pid, int) and pid > 1:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
+        if self._userns is not None:  # and those that left their group with setsid
+            _layers.kill_user_namespace(self._userns)
 
     def wait_standby(self, slot: int, timeout: float) -> None:
         """Wait (up to ``timeout``) for the standby child of ``slot`` if one is being forked.

@@ -8,6 +8,8 @@ runs the hostile plugin's attacks; the tests assert on what it prints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import glob
 import json
 import logging
 import os
@@ -195,35 +197,66 @@ for name in ("fork_bomb_unbounded", "thread_bomb"):
 attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
 
 # The zygote killed in the middle of a call (a crash; or close() during a call): with no cgroup, the
-# host kills each call's process group, so neither the call's process nor its child runs on.
-z = ex._zygote()
-mid = threading.Thread(target=attack, args=("zygote_killed_mid_call", "fork_and_sleep"))
-mid.start()
-
-
+# host kills each call's process group, and sweeps the zygote's user namespace for what left it.
 def _session(pid: int) -> int:
     st = proc_stat(pid)
     return int(st[3]) if st is not None else -1
 
 
-def _call_procs() -> set[int]:
-    """The call's process (a session leader the host knows) and what it forked (same session)."""
+def zygote_killed_mid_call(name: str, **params) -> None:
+    z = ex._zygote()
+    mid = threading.Thread(target=attack, args=(name, "fork_and_sleep"), kwargs=params)
+    mid.start()
+    child, deadline = 0, time.monotonic() + 5
+    while not child and time.monotonic() < deadline:  # the plugin writes its child's pid in its work dir
+        for path in glob.glob(os.path.join(ex._base, "*", "child.pid")):
+            with contextlib.suppress(OSError, ValueError):
+                child = int(open(path).read())
+        time.sleep(0.02)
     calls = set(z._by_pid) | {rec["started"].get("pid") for rec in list(z._pending.values()) if "started" in rec}
-    return {pid for pid in _mine() if _session(pid) in calls}
+    victims = sorted({pid for pid in calls if isinstance(pid, int) and _alive(pid)} | ({child} if child else set()))
+    escaped = bool(child) and _session(child) == child
+    os.kill(z.pid, signal.SIGKILL)
+    mid.join(30)
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in victims) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    control[name] = {"victims": victims, "survivors": [p for p in victims if _alive(p)], "own_session": escaped}
+    attacks[name]["expected_error"] = True
 
 
-deadline = time.monotonic() + 5
-while len(_call_procs()) < 2 and time.monotonic() < deadline:  # the call's process and its child
+zygote_killed_mid_call("zygote_killed_mid_call")
+zygote_killed_mid_call("zygote_killed_mid_call_setsid", setsid=True)
+
+# A host SIGKILLed mid-call: its zygote sees the control socket close and kills every process
+# in its user namespace, the setsid child included, before it exits.
+_SUB_HOST = r"""
+import glob, os, sys, threading, time
+from karen_hooks import Limits, PluginSettings, PluginSpec
+from karen_hooks.sandbox import SandboxExecutor
+ex = SandboxExecutor(slots=1)
+spec = PluginSpec(name="hostile", kind="directory", target="handler.py", path=sys.argv[1], code_paths=(sys.argv[1],))
+kw = {"intent": "x", "params": {"action": "fork_and_sleep", "setsid": True}, "ctx": {"user_id": "u", "intent": "x", "plugin": "hostile"}}
+threading.Thread(target=lambda: ex.call_sync(spec, "karen_run", kw, PluginSettings(), Limits()), daemon=True).start()
+while not (found := glob.glob(os.path.join(ex._base, "*", "child.pid"))) or not open(found[0]).read():
     time.sleep(0.02)
-victims = sorted(_call_procs())
-os.kill(z.pid, signal.SIGKILL)
-mid.join(30)
+print(ex._zygote().pid, open(found[0]).read(), flush=True)
+time.sleep(60)
+"""
+sub = subprocess.Popen([sys.executable, "-c", _SUB_HOST, os.path.join(cfg["plugins"], "hostile")],
+                       stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+try:
+    left = [int(x) for x in sub.stdout.readline().split()]  # its zygote and the plugin's setsid child
+    escaped = len(left) == 2 and _session(left[1]) == left[1]
+finally:
+    sub.kill()
+    sub.wait()
+    sub.stdout.close()
 deadline = time.monotonic() + 5
-while any(_alive(p) for p in victims) and time.monotonic() < deadline:
+while any(_alive(p) for p in left) and time.monotonic() < deadline:
     time.sleep(0.02)
-control["mid_call_victims"] = victims
-control["mid_call_survivors"] = [p for p in victims if _alive(p)]
-attacks["zygote_killed_mid_call"]["expected_error"] = True
+control["host_killed_mid_call"] = {"watched": left, "survivors": [p for p in left if _alive(p)],
+                                   "child_own_session": escaped}
 attack("echo_after", "echo")  # served by a new zygote
 ex.close()
 

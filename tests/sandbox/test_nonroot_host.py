@@ -373,12 +373,23 @@ def test_fork_and_thread_bombs_are_capped_in_the_zygotes_user_namespace(report):
     assert _attack(report, "fork_after_bomb") == {"result": 24, "stdout": ""}  # the budget is back
 
 
-def test_zygote_killed_mid_call_takes_the_calls_processes_with_it(report):
-    """No cgroup: the host kills each call's process group when its zygote dies (else PID 1 adopts them)."""
-    victims, seen = report["control"]["mid_call_victims"], report["attacks"]["zygote_killed_mid_call"]
-    assert len(victims) == 2, (victims, seen)  # the call's process and the child it forked, both sleeping 60 s
-    assert report["control"]["mid_call_survivors"] == [], (victims, seen)
+@pytest.mark.parametrize("name", ["zygote_killed_mid_call", "zygote_killed_mid_call_setsid"])
+def test_zygote_killed_mid_call_takes_the_calls_processes_with_it(report, name):
+    """No cgroup: when its zygote dies the host kills each call's process group, then every process
+    left in the zygote's user namespace, which also reaches a child that left the group with setsid
+    (else PID 1 adopts them and they run on)."""
+    seen, ctl = report["attacks"][name], report["control"][name]
+    assert len(ctl["victims"]) == 2, (ctl, seen)  # the call's process and the child it forked, both sleeping 60 s
+    assert ctl["own_session"] is name.endswith("setsid"), ctl
+    assert ctl["survivors"] == [], (ctl, seen)
     assert seen["error"] == "SandboxError", seen
+
+
+def test_host_killed_mid_call_takes_its_zygote_and_the_calls_processes_with_it(report):
+    """The zygote notices its host is gone and kills all of its user namespace, setsid children too."""
+    ctl = report["control"]["host_killed_mid_call"]
+    assert len(ctl["watched"]) == 2 and ctl["child_own_session"], ctl  # its zygote, its plugin's setsid child
+    assert ctl["survivors"] == [], ctl
 
 
 def test_host_keeps_serving(report):

@@ -94,10 +94,22 @@ def act_fork_bomb(p, ctx):
 
 
 def act_fork_and_sleep(p, ctx):
-    """A call that is still running, with a child of its own, when the test kills the zygote."""
-    if os.fork() == 0:
+    """A call that is still running, with a child of its own, when the test kills the zygote.
+
+    With ``setsid`` the child leaves the call's session first; either way it writes its pid
+    to ``child.pid`` in the work dir, for the test to find.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        if p.get("setsid"):
+            os.setsid()
+        os.write(w, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(r, 1)  # the child is where it should be
+    with open("child.pid", "w") as fh:
+        fh.write(str(pid))
     time.sleep(60)
     return "woke"
 
