@@ -47,7 +47,7 @@ class _Zygote:
         parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
         self.pid = self.proc.pid
         # Without cgroups nothing else finds a call's processes once the zygote (their subreaper)
-        # is gone: then each call child's process group is killed (see _kill_call_groups).
+        # is gone: then the host kills them itself (see _kill_call_processes).
         self._kill_groups = bool(probe_cfg.get("kill_orphans"))
         self._userns: str | None = None  # set once the zygote has said hello
         self._send_lock = threading.Lock()
@@ -111,11 +111,11 @@ class _Zygote:
         with self._cond:
             self.alive = False
             self._cond.notify_all()
-        self._kill_call_groups()
+        self._kill_call_processes()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
 
-    def _kill_call_groups(self) -> None:
+    def _kill_call_processes(self) -> None:
         """SIGKILL every process of every call and standby child; once the zygote is gone.
 
         Each child is a session (and group) leader; what it forked stays in its group
@@ -217,6 +217,6 @@ class _Zygote:
             self.proc.kill()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
-        self._kill_call_groups()
+        self._kill_call_processes()
         with contextlib.suppress(OSError):
             self.ctrl.close()
