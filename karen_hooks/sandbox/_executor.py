@@ -33,7 +33,7 @@ from . import _host_layers, _layers
 from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
 from ._protocol import ProtocolError, encode
-from ._slots import _Slot, _system_read_paths, probe_tmpfs
+from ._slots import _Slot, _system_read_paths, private_slot_dir, probe_tmpfs
 from ._worker import _Worker
 from ._zygote_handle import _Zygote
 
@@ -133,7 +133,7 @@ class SandboxExecutor:
                   fds: list[int]) -> bool:
         """Hand a call straight to a slot's standby child; ``False`` if it is gone."""
         pid, sock = sb
-        ruleset = self._ruleset(cfg["read_paths"], cfg["write_paths"])
+        ruleset = self._ruleset(cfg["read_paths"], [zyg.host_path(p) for p in cfg["write_paths"]])
         aliases: list[str] = []
         alias_fds: list[int] = []
         uid = int(cfg["uid"])
@@ -190,6 +190,11 @@ class SandboxExecutor:
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {},
                          "userns_processes": self._userns_processes(Limits().processes),
                          "kill_orphans": not self._cgroups.active}  # nothing else finds a daemon then
+                if not self._root:  # no tmpfs mount for the host: ask the zygote for them in its own namespace
+                    dirs = [private_slot_dir(self._base, i) for i in range(self._nslots)]
+                    for d in dirs:
+                        os.makedirs(d, mode=0o700, exist_ok=True)  # the mount points
+                    probe["workdir_tmpfs"] = [dirs, Limits().work_dir_mb, 4096]
                 z = self._zyg = _Zygote(probe)
                 self._event("start", "zygote")
                 self._set_layers(z.layers)
@@ -208,7 +213,8 @@ class SandboxExecutor:
         return processes + 2 * self._nslots + 1
 
     def _set_layers(self, child: dict[str, list[Any]]) -> None:
-        statuses = statuses_from(child, self._cgroups, self._tmpfs_ok, self._tmpfs_why)
+        ok, why = child.get("workdir_quota", [self._tmpfs_ok, self._tmpfs_why])  # the zygote's, if it made one
+        statuses = statuses_from(child, self._cgroups, bool(ok), str(why))
         if self._root:
             detail = f"unprivileged uid {self._uid_base} + slot number, one per slot (KAREN_SANDBOX_UID_BASE)"
             statuses = [LayerStatus(st.name, st.active, detail) if st.name == "uid" and st.active else st

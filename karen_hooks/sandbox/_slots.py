@@ -55,3 +55,9 @@ def slot_tmpfs(base: str, slot: _Slot, size_mb: int) -> None:
     elif slot.tmpfs_mb != size_mb:
         _host_layers.mount_tmpfs(slot.tmpfs, size_mb, 0, 0, mode=0o711, remount=True)
         slot.tmpfs_mb = size_mb
+
+
+def private_slot_dir(base: str, index: int) -> str:
+    """A slot's work dir root when the host is not root: an empty dir in the host's view,
+    a capped tmpfs in the zygote's mount namespace (see ``_userns.unshare_user_net``)."""
+    return os.path.join(base, f"slot{index}")

@@ -21,6 +21,8 @@ import os
 from ._layers import CLONE_NEWNET, _errcheck, _libc, prctl, read_to_eof
 
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
@@ -90,8 +92,15 @@ def _write_proc(name: str, text: str) -> None:
         os.close(fd)
 
 
-def unshare_user_net() -> str:
+def unshare_user_net(tmpfs: tuple[list[str], int, int] | None = None) -> tuple[str, str | None]:
     """Enter a new user namespace and a new, empty network namespace; hold no capabilities after.
+
+    With ``tmpfs`` (directories, size in MiB, inodes), also a private mount
+    namespace in which a size- and inode-capped tmpfs covers each directory (one
+    per slot: the calls' work dirs are made in them), mounted while the
+    namespace's capabilities are still held. Returns ``(description,
+    tmpfs_problem)``; the problem is ``None`` when every tmpfs is mounted (or none
+    was asked for), and a failed mount leaves the rest in place.
 
     The user namespace maps only the caller's uid and gid, each to itself, so
     files keep their owner and the process keeps its ids; every other id shows
@@ -105,19 +114,41 @@ def unshare_user_net() -> str:
     ids that cannot create files). Returns a description for the doctor.
     """
     uid, gid = os.geteuid(), os.getegid()
-    _errcheck(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+    flags = CLONE_NEWUSER | CLONE_NEWNET | (CLONE_NEWNS if tmpfs else 0)
+    _errcheck(_libc.unshare(flags), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+    problem = None
     try:
         try:
             _write_proc("setgroups", "deny")
             _write_proc("uid_map", f"{uid} {uid} 1")
             _write_proc("gid_map", f"{gid} {gid} 1")
+            if tmpfs:
+                problem = _private_tmpfs(*tmpfs, uid=uid, gid=gid)
         finally:
             drop_capabilities()  # also when a mapping failed: never keep the namespace's full set
     except OSError as exc:
         raise RuntimeError(f"in a new user namespace but could not finish setting it up: {exc}") from exc
     return (f"private empty network namespace inside an unprivileged user namespace (uid {uid} and gid {gid} "
             f"mapped to themselves; no capabilities: effective, permitted, inheritable, ambient and bounding "
-            f"sets are empty)")
+            f"sets are empty)"), problem
+
+
+def _private_tmpfs(paths: list[str], size_mb: int, inodes: int, *, uid: int, gid: int) -> str | None:
+    """Cover each of ``paths`` with a capped tmpfs in this (new, private) mount namespace; why not, if one fails."""
+    from ._host_layers import mount_tmpfs, umount
+
+    done: list[str] = []
+    try:
+        # nothing mounted here may propagate back to the host's namespace
+        _errcheck(_libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "make / private")
+        for path in paths:
+            mount_tmpfs(path, size_mb, uid, gid, inodes=inodes, mode=0o700)
+            done.append(path)
+    except OSError as exc:
+        for path in done:  # all or none: the host decides where work dirs go by one answer
+            umount(path)
+        return str(exc)
+    return None
 
 
 def trial() -> str:
@@ -133,7 +164,7 @@ def trial() -> str:
     if pid == 0:  # pragma: no cover - runs in the forked child
         os.close(r)
         try:
-            unshare_user_net()
+            unshare_user_net()  # (no tmpfs: the mount needs nothing the namespace does not give)
             why = b""
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             why = (str(exc) or type(exc).__name__).encode()[:4096]

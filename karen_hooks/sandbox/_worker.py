@@ -44,6 +44,7 @@ class _Worker:
         self.id = f"c{next(ex._ids)}"
         self.slot = ex._acquire_slot(limits.wall_seconds)
         self.workdir = ""
+        self.workdir_host = ""  # the same dir, as the host reaches it
         self.mounted = False
         self.ch: _Channel | None = None
         # a small first request travels with the activation message (one round trip less)
@@ -62,11 +63,15 @@ class _Worker:
         ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
         if ex._tmpfs_ok:
             _slots.slot_tmpfs(ex._base, slot, limits.work_dir_mb)
-            self.workdir = os.path.join(slot.tmpfs, self.id)
+            self.workdir = self.workdir_host = os.path.join(slot.tmpfs, self.id)
             self.mounted = True
         else:
-            self.workdir = os.path.join(ex._base, self.id)
-        os.mkdir(self.workdir, 0o700)
+            zyg = ex._zygote()
+            # a non-root host's work dirs are in its zygote's tmpfs for the slot, reached through /proc
+            parent = _slots.private_slot_dir(ex._base, slot.index) if zyg.private_workdirs else ex._base
+            self.workdir = os.path.join(parent, self.id)
+            self.workdir_host = zyg.host_path(self.workdir)
+        os.mkdir(self.workdir_host, 0o700)
         if slot.uid > 0:
             os.chown(self.workdir, slot.uid, slot.gid)
         if slot.cg is not None:
@@ -205,8 +210,8 @@ class _Worker:
             zyg.wait_for(self.id, "exited", _EXIT_WAIT)
         if zyg is not None:
             zyg.forget(self.id)
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.workdir_host:
+            shutil.rmtree(self.workdir_host, ignore_errors=True)
         if slot is not None:
             self.ex._release_slot(slot)
 

@@ -69,7 +69,8 @@ def _ruleset(cfg: dict[str, Any], z: Any) -> int | None:
     return int(fd)
 
 
-def _userns_netns(direct: OSError) -> list[Any]:
+def _userns_netns(direct: OSError, tmpfs: list[Any] | None = None,
+                  status: dict[str, list[Any]] | None = None) -> list[Any]:
     """The network namespace without CAP_SYS_ADMIN: inside an unprivileged user namespace.
 
     Only for a host that is not root (root keeps the plain namespace, or none, so its
@@ -78,6 +79,9 @@ def _userns_netns(direct: OSError) -> list[Any]:
     capabilities, so neither does any child. A failure to finish the setup once inside
     the user namespace is a RuntimeError and ends the zygote: the host reports that the
     sandbox did not start rather than run plugins with capabilities.
+
+    ``tmpfs`` (base dir, MiB, inodes) asks for the work dirs' capped tmpfs in a private
+    mount namespace too; how that went is recorded in ``status["workdir_quota"]``.
     """
     if os.geteuid() == 0:
         return [False, str(direct)]
@@ -87,9 +91,14 @@ def _userns_netns(direct: OSError) -> list[Any]:
     if why:
         return [False, f"{direct}; and no unprivileged user namespace to create one in: {why}"]
     try:
-        return [True, unshare_user_net()]
+        detail, problem = unshare_user_net(([str(p) for p in tmpfs[0]], int(tmpfs[1]), int(tmpfs[2])) if tmpfs else None)
     except OSError as exc:  # worked in the trial child: only a race or a limit (max_user_namespaces)
         return [False, f"{direct}; and no unprivileged user namespace to create one in: {exc}"]
+    if tmpfs and status is not None:
+        status["workdir_quota"] = [problem is None, problem or (
+            f"a tmpfs of {tmpfs[1]} MiB and {tmpfs[2]} inodes per slot in the zygote's own mount namespace, "
+            "a fresh dir in it per call")]
+    return [True, detail]
 
 
 def _reserve_low_fds(ctrl_fd: int) -> int:
@@ -143,7 +152,7 @@ def main(ctrl_fd: int) -> None:
         _layers.unshare_net()
         status["netns"] = [True, "private empty network namespace"]
     except OSError as exc:
-        status["netns"] = _userns_netns(exc)
+        status["netns"] = _userns_netns(exc, probe_cfg.get("workdir_tmpfs"), status)
         own_userns = bool(status["netns"][0])
     ok, why = _layers.seccomp_available()
     filt = None

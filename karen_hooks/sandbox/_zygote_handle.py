@@ -50,6 +50,8 @@ class _Zygote:
         # is gone: then the host kills them itself (see _kill_call_processes).
         self._kill_groups = bool(probe_cfg.get("kill_orphans"))
         self._userns: str | None = None  # set once the zygote has said hello
+        self.private_workdirs = False
+        self.base = str(probe_cfg.get("workdir", ""))  # the sandbox base dir (under which the work dirs are)
         self._send_lock = threading.Lock()
         self._pending: dict[str, dict[str, Any]] = {}
         # slot -> (pid, socket) of its pre-forked standby child
@@ -67,6 +69,9 @@ class _Zygote:
             raise SandboxError("<sandbox>", f"the sandbox zygote did not start: {exc}") from None
         parent.settimeout(None)
         self.layers: dict[str, list[Any]] = hello.get("layers", {})
+        # Work dirs live in a tmpfs of the zygote's own mount namespace (a non-root host's): the
+        # host reaches them through /proc/<zygote>/root (see host_path).
+        self.private_workdirs = "workdir_tmpfs" in probe_cfg and bool(self.layers.get("workdir_quota", [False])[0])
         # The zygote's own user namespace (a non-root host's): every sandbox process is in it.
         ns = _layers.user_namespace(self.pid) if self._kill_groups else None
         self._userns = ns if ns is not None and ns != _layers.user_namespace() else None
@@ -114,6 +119,15 @@ class _Zygote:
         self._kill_call_processes()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
+
+    def host_path(self, path: str) -> str:
+        """Where the host finds ``path`` as the zygote and its children see it.
+
+        Only work dirs differ: a non-root host's zygote covers the sandbox base dir with
+        a capped tmpfs in a mount namespace of its own, which the host reaches through
+        the zygote's root (same uid, so /proc lets it).
+        """
+        return f"/proc/{self.pid}/root{path}" if self.private_workdirs and path.startswith(self.base + "/") else path
 
     def _kill_call_processes(self) -> None:
         """SIGKILL every process of every call and standby child; once the zygote is gone.

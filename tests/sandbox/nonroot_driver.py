@@ -79,7 +79,7 @@ def _helper_alone() -> dict:
     if pid == 0:
         out: dict = {}
         try:
-            out["detail"] = unshare_user_net()
+            out["detail"] = unshare_user_net()[0]
             out["caps"] = _status_caps("self")
             out["ids"] = [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
             for kind, port in (("tcp", cfg["tcp_port"]), ("udp", cfg["udp_port"])):
@@ -195,6 +195,12 @@ control["strays_after_thread_bomb"] = settle()[1]
 for name in ("fork_bomb_unbounded", "thread_bomb"):
     attacks[name]["expected_error"] = True
 attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
+# Many small files: the zygote's tmpfs over the work dirs (2 slots x 4096 inodes, 2 x 64 MiB) fills,
+# not the host's disk; in the host's own view the sandbox base dir stays empty.
+attack("many_files", n=100_000, size=8192)
+attacks["many_files"]["expected_error"] = True
+control["host_view_of_base"] = {d: os.listdir(os.path.join(ex._base, d)) for d in sorted(os.listdir(ex._base))}
+attack("files_after_full", "many_files", n=100, size=8192)  # the work dir was removed: room again
 
 # The zygote killed in the middle of a call (a crash; or close() during a call): with no cgroup, the
 # host kills each call's process group, and sweeps the zygote's user namespace for what left it.
@@ -209,7 +215,7 @@ def zygote_killed_mid_call(name: str, **params) -> None:
     mid.start()
     child, deadline = 0, time.monotonic() + 5
     while not child and time.monotonic() < deadline:  # the plugin writes its child's pid in its work dir
-        for path in glob.glob(os.path.join(ex._base, "*", "child.pid")):
+        for path in glob.glob(z.host_path(os.path.join(ex._base, "slot*", "*", "child.pid"))):
             with contextlib.suppress(OSError, ValueError):
                 child = int(open(path).read())
         time.sleep(0.02)
@@ -238,7 +244,10 @@ ex = SandboxExecutor(slots=1)
 spec = PluginSpec(name="hostile", kind="directory", target="handler.py", path=sys.argv[1], code_paths=(sys.argv[1],))
 kw = {"intent": "x", "params": {"action": "fork_and_sleep", "setsid": True}, "ctx": {"user_id": "u", "intent": "x", "plugin": "hostile"}}
 threading.Thread(target=lambda: ex.call_sync(spec, "karen_run", kw, PluginSettings(), Limits()), daemon=True).start()
-while not (found := glob.glob(os.path.join(ex._base, "*", "child.pid"))) or not open(found[0]).read():
+deadline = time.monotonic() + 10
+while not (found := glob.glob(ex._zygote().host_path(os.path.join(ex._base, "slot*", "*", "child.pid")))) or not open(found[0]).read():
+    if time.monotonic() > deadline:
+        sys.exit("the call never wrote child.pid")
     time.sleep(0.02)
 print(ex._zygote().pid, open(found[0]).read(), flush=True)
 time.sleep(60)

@@ -195,12 +195,11 @@ def test_driver_ran_unprivileged(report):
 
 def test_doctor_marks_root_only_layers_inactive_with_a_reason(report):
     layers = report["layers"]
-    for name in ("uid", "cgroup_memory", "cgroup_pids", "workdir_quota"):
+    for name in ("uid", "cgroup_memory", "cgroup_pids"):
         active, detail = layers[name]
         assert not active, (name, detail)
         assert detail and detail != "not reported", name
     assert "not root" in layers["uid"][1]
-    assert "not root" in layers["workdir_quota"][1]
     # what the missing cgroup means is spelled out, not just the errno
     assert "double-fork" in layers["cgroup_pids"][1] and "RLIMIT_AS" in layers["cgroup_memory"][1]
     # RLIMIT_NPROC counts every process of the host's uid: it is not set, and the report says so
@@ -212,7 +211,7 @@ def test_doctor_marks_root_only_layers_inactive_with_a_reason(report):
 
 def test_startup_warns_loudly_naming_each_missing_layer(report):
     missing = [n for n, (active, _detail) in report["layers"].items() if not active]
-    assert {"uid", "cgroup_memory", "cgroup_pids", "workdir_quota"} <= set(missing)
+    assert {"uid", "cgroup_memory", "cgroup_pids"} <= set(missing)
     for name in missing:
         assert any(f"layer {name} is MISSING" in msg for lvl, msg in report["log"] if lvl == "WARNING"), name
         assert any(cat == "SandboxLayerWarning" and f"'{name}'" in msg for cat, msg in report["warnings"]), name
@@ -390,6 +389,17 @@ def test_host_killed_mid_call_takes_its_zygote_and_the_calls_processes_with_it(r
     ctl = report["control"]["host_killed_mid_call"]
     assert len(ctl["watched"]) == 2 and ctl["child_own_session"], ctl  # its zygote, its plugin's setsid child
     assert ctl["survivors"] == [], ctl
+
+
+def test_work_dirs_are_a_capped_tmpfs_in_the_zygotes_mount_namespace(report):
+    """No root, so no tmpfs mount for the host; its zygote mounts one over the base dir in its own namespace."""
+    _need(report, "workdir_quota")
+    assert "zygote's own mount namespace" in report["layers"]["workdir_quota"][1]
+    full = _attack(report, "many_files")
+    assert full["error"] == "LimitExceeded" and full["limit"] == "file_size" and "work dir full" in full["message"], full
+    # in the host's own view the slots' dirs are empty mount points: nothing reached its disk
+    assert report["control"]["host_view_of_base"] == {"slot0": [], "slot1": []}
+    assert _attack(report, "files_after_full")["result"] == 100
 
 
 def test_host_keeps_serving(report):
