@@ -111,12 +111,16 @@ def unshare_user_net(tmpfs: tuple[list[str], int, int] | None = None) -> tuple[s
     then). Once they exist there is no way back, so a failure to map the ids or
     to drop the capabilities raises ``RuntimeError`` instead: the caller must
     not go on (it would fork children holding capabilities, or with unmapped
-    ids that cannot create files). Returns a description for the doctor.
+    ids that cannot create files).
     """
     uid, gid = os.geteuid(), os.getegid()
-    flags = CLONE_NEWUSER | CLONE_NEWNET | (CLONE_NEWNS if tmpfs else 0)
-    _errcheck(_libc.unshare(flags), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
     problem = None
+    if tmpfs and _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS) != 0:
+        # a mount namespace refused (a container's policy, say) must not cost the network namespace
+        problem = f"no private mount namespace for the work dirs: {os.strerror(ctypes.get_errno())}"
+        tmpfs = None
+    if not tmpfs:  # not asked for, or refused just now
+        _errcheck(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
     try:
         try:
             _write_proc("setgroups", "deny")
@@ -146,7 +150,10 @@ def _private_tmpfs(paths: list[str], size_mb: int, inodes: int, *, uid: int, gid
             done.append(path)
     except OSError as exc:
         for path in done:  # all or none: the host decides where work dirs go by one answer
-            umount(path)
+            try:
+                umount(path)
+            except OSError:
+                return f"{exc}; and {path} could not be unmounted again"
         return str(exc)
     return None
 

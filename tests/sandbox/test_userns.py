@@ -34,15 +34,17 @@ _CHECK = r"""
 import ctypes, json, os, sys
 from karen_hooks.sandbox import _userns, _zygote  # imported as root: the uid below may not read them
 
-uid, dumpable = int(sys.argv[1]), sys.argv[2] == "1"
+uid, dumpable, tmpfs = int(sys.argv[1]), sys.argv[2] == "1", json.loads(sys.argv[3])
 before = os.readlink("/proc/self/ns/net")
 os.setgroups([])
 os.setresgid(uid, uid, uid)
 os.setresuid(uid, uid, uid)  # clears "dumpable", as a uid change does
 if dumpable:  # as after an execve, which the real zygote is
     ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+status = {}
 print(json.dumps({
-    "status": _zygote._userns_netns(OSError(1, "unshare(CLONE_NEWNET): Operation not permitted")),
+    "status": _zygote._userns_netns(OSError(1, "unshare(CLONE_NEWNET): Operation not permitted"), tmpfs, status),
+    "workdir_quota": status.get("workdir_quota"),
     "moved": os.readlink("/proc/self/ns/net") != before,
     "caps": _userns.capabilities(),
     "ids": [os.getuid(), os.getgid()],
@@ -50,8 +52,8 @@ print(json.dumps({
 """
 
 
-def _in_child(dumpable: bool) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-I", "-c", _CHECK, str(UID), "1" if dumpable else "0"],
+def _in_child(dumpable: bool, tmpfs: list[Any] | None = None) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-I", "-c", _CHECK, str(UID), "1" if dumpable else "0", json.dumps(tmpfs)],
                           capture_output=True, text=True, env={}, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(proc.stdout))
@@ -67,6 +69,16 @@ def test_network_namespace_in_a_user_namespace_without_capabilities() -> None:
     assert got["moved"] and got["ids"] == [UID, GID]
     assert got["caps"]["CapEff"] == 0 and got["caps"]["CapPrm"] == 0, got["caps"]
     assert all(v == 0 for v in got["caps"].values()), got["caps"]
+
+
+def test_a_work_dir_tmpfs_that_cannot_be_mounted_costs_only_that_layer() -> None:
+    # the mount point does not exist: the zygote goes on with its network namespace, and says why
+    got = _in_child(dumpable=True, tmpfs=[["/nonexistent-karen-slot0"], 64, 4096])
+    if not got["status"][0]:
+        pytest.skip(f"no unprivileged user namespace on this machine: {got['status'][1]}")
+    active, detail = got["workdir_quota"]
+    assert not active and "/nonexistent-karen-slot0" in detail, detail
+    assert got["moved"] and all(v == 0 for v in got["caps"].values()), got
 
 
 def test_a_setup_that_cannot_be_finished_is_reported_and_changes_nothing() -> None:
