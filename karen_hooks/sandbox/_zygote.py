@@ -80,7 +80,7 @@ def _userns_netns(direct: OSError, tmpfs: list[Any] | None = None,
     the user namespace is a RuntimeError and ends the zygote: the host reports that the
     sandbox did not start rather than run plugins with capabilities.
 
-    ``tmpfs`` (base dir, MiB, inodes) asks for the work dirs' capped tmpfs in a private
+    ``tmpfs`` (slot dirs, MiB, inodes) asks for the work dirs' capped tmpfs in a private
     mount namespace too; how that went is recorded in ``status["workdir_quota"]``.
     """
     if os.geteuid() == 0:

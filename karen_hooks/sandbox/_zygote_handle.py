@@ -123,9 +123,9 @@ class _Zygote:
     def host_path(self, path: str) -> str:
         """Where the host finds ``path`` as the zygote and its children see it.
 
-        Only work dirs differ: a non-root host's zygote covers the sandbox base dir with
-        a capped tmpfs in a mount namespace of its own, which the host reaches through
-        the zygote's root (same uid, so /proc lets it).
+        Only work dirs differ: a non-root host's zygote covers each slot's dir under the
+        sandbox base dir with a capped tmpfs in a mount namespace of its own, which the
+        host reaches through the zygote's root (same uid, so /proc lets it).
         """
         return f"/proc/{self.pid}/root{path}" if self.private_workdirs and path.startswith(self.base + "/") else path
 
