@@ -10,46 +10,58 @@ unprivileged uid, no seccomp filter, no ``no_new_privs`` beforehand.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from karen_hooks import Limits
 from karen_hooks.sandbox import _layers
-from karen_hooks.sandbox._child import ZygoteContext, apply_layers
-
-from ._forked import as_uid_in_child
 
 if os.geteuid() != 0:
-    pytest.skip("drops to another uid in a forked child (needs root)", allow_module_level=True)
+    pytest.skip("drops to another uid (needs root)", allow_module_level=True)
 ABI = _layers.landlock_abi()
 if ABI < 1:
     pytest.skip("the kernel has no Landlock", allow_module_level=True)
 
 UID = GID = 64_323  # unused, like the other non-root tests'
-PR_GET_NO_NEW_PRIVS = 39
+
+# In a fresh ``python -I`` (a fork of the multi-threaded test process could deadlock), imports
+# done as root, then as an unused uid: the layers applied as a non-root host's child would.
+_CHECK = r"""
+import json, os, sys
+from karen_hooks import Limits
+from karen_hooks.sandbox import _layers
+from karen_hooks.sandbox._child import ZygoteContext, apply_layers
+
+uid, workdir, abi = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+cfg = {"workdir": workdir, "limits": Limits().model_dump(), "required": ["landlock"]}
+os.setgroups([])
+os.setresgid(uid, uid, uid)
+os.setresuid(uid, uid, uid)
+out = {"nnp_before": _layers._libc.prctl(39, 0, 0, 0, 0)}  # PR_GET_NO_NEW_PRIVS
+ruleset, _ = _layers.landlock_ruleset(["/usr", "/proc/self"], [workdir], abi)
+status = apply_layers(cfg, ZygoteContext(None, abi, -1, -1), ruleset, strict=True, entered=True)
+out.update(landlock=status["landlock"], no_new_privs=status["no_new_privs"])
+try:
+    open("/etc/hostname").close()
+    out["outside_readable"] = True
+except OSError:
+    out["outside_readable"] = False
+print(json.dumps(out))
+"""
 
 
 def _apply_unprivileged(workdir: Path) -> dict[str, Any]:
-    def check() -> dict[str, Any]:
-        nnp_before = _layers._libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
-        ruleset, _ = _layers.landlock_ruleset(["/usr", "/proc/self"], [str(workdir)], ABI)
-        z = ZygoteContext(None, ABI, -1, -1)
-        cfg = {"workdir": str(workdir), "limits": Limits().model_dump(), "required": ["landlock"]}
-        status = apply_layers(cfg, z, ruleset, strict=True, entered=True)
-        out = {"nnp_before": nnp_before, "landlock": status["landlock"], "no_new_privs": status["no_new_privs"]}
-        try:
-            open("/etc/hostname").close()
-            out["outside_readable"] = True
-        except OSError:
-            out["outside_readable"] = False
-        return out
-
-    return as_uid_in_child(UID, check)
+    proc = subprocess.run([sys.executable, "-I", "-c", _CHECK, str(UID), str(workdir), str(ABI)],
+                          capture_output=True, text=True, env={}, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout))
 
 
 def test_landlock_is_enforced_by_an_unprivileged_child_without_seccomp() -> None:
