@@ -50,6 +50,7 @@ class _Zygote:
         # is gone: then the host kills them itself (see _kill_call_processes).
         self._kill_groups = bool(probe_cfg.get("kill_orphans"))
         self._userns: str | None = None  # set once the zygote has said hello
+        self._swept = False  # _kill_call_processes has run
         self.private_workdirs = False
         self.base = str(probe_cfg.get("workdir", ""))  # the sandbox base dir (under which the work dirs are)
         self._send_lock = threading.Lock()
@@ -142,6 +143,11 @@ class _Zygote:
         if not self._kill_groups:
             return  # the executor kills the slots' cgroups instead
         with self._cond:
+            # kill() and the reader thread both get here once the zygote is gone: one sweep
+            # (a scan of /proc) is enough, as nothing is left to fork new sandbox processes
+            if self._swept:
+                return
+            self._swept = True
             pids = set(self._by_pid) | {pid for pid, _sock in self.standby.values()}
             pids |= {rec["started"].get("pid") for rec in self._pending.values() if "started" in rec}
         for pid in pids:
