@@ -4,7 +4,10 @@ Measures medians of: a trusted in-process pluggy call, a sandboxed
 fork-per-call (all layers available here), a warm-mode sandboxed call,
 ``subprocess.run([python, "-I", "-S", "-c", "pass"])`` and a
 ``multiprocessing`` Pipe round trip; then the throughput of two concurrent
-callers against one. Prints a table and checks the issue's targets:
+callers against one, and of one caller confined to one CPU against two
+callers on two (whether anything serialises callers, which the plain ratio
+cannot show when one caller already keeps every CPU busy). Prints a table and
+checks the issue's targets:
 
 - fork-per-call median <= 1/2 of the bare ``python -I -S`` spawn
 - warm-mode median < 0.5 ms
@@ -96,6 +99,33 @@ def throughput(fn: Callable[[], object], callers: int, seconds: float, zygote_pi
     c1, (b1, t1), w1 = _cpu_seconds(zygote_pid), _machine_jiffies(), time.perf_counter()
     ncpu = os.cpu_count() or 1
     return Run(sum(counts) / seconds, (c1 - c0) / (w1 - w0), ncpu * (b1 - b0) / max(1, t1 - t0))
+
+
+def _sandbox_tree(zygote_pid: int) -> list[int]:
+    """The zygote and every process under it (its standbys, calls and anything they forked)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := proc_stat(int(entry))) is not None:
+            children.setdefault(int(st[1]), []).append(int(entry))
+    tree, todo = [], [zygote_pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def pin(cpus: set[int], zygote_pid: int) -> None:
+    """Confine this process's threads, the zygote and its processes to ``cpus``.
+
+    Threads and processes started later inherit the mask: caller threads from
+    the main thread, call children from the zygote.
+    """
+    for pid in [int(t) for t in os.listdir("/proc/self/task")] + _sandbox_tree(zygote_pid):
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # exited meanwhile
+            pass
 
 
 def _cpu_parts(zygote_pid: int) -> dict[str, tuple[float, float]]:
@@ -243,8 +273,22 @@ def main() -> int:
     cpu_per_call = sum(u + s for u, s in cpu_parts.values())
     run1 = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 1, args.seconds, zpid)
     run2 = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 2, args.seconds, zpid)
+    # The same code with one CPU per caller: one caller confined to one CPU against two callers
+    # on two. Shows whether anything serialises callers, which the ratio above cannot show
+    # when one caller already keeps both CPUs busy.
+    all_cpus = os.sched_getaffinity(0)
+    pinned_one = None
+    if len(all_cpus) >= 2:
+        pin({min(all_cpus)}, zpid)
+        try:
+            pinned_one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 1,
+                                    args.seconds, zpid)
+        finally:
+            pin(all_cpus, zpid)
     one, two = run1.rate, run2.rate
     specs = [spec, spec2]
+    if pinned_one is not None:
+        pinned_two = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, fork, limits), 2, args.seconds, zpid)
     warm_one = throughput(lambda: ex.call_sync(spec, "karen_run", kwargs, warm, limits), 1, args.seconds,
                           zpid).rate
     idx = threading.local()
@@ -289,6 +333,11 @@ def main() -> int:
     ncpu = os.cpu_count() or 1
     print(f"  ceiling at this CPU per call: {ncpu} CPUs / {run1.own_cpus:.2f} used by one caller = "
           f"{ncpu / max(run1.own_cpus, 1e-9):.2f}x")
+    if pinned_one is not None:
+        print(f"one CPU per caller           : 1 caller on 1 CPU {pinned_one.rate:.1f}/s, 2 callers on 2 CPUs "
+              f"{pinned_two.rate:.1f}/s = {pinned_two.rate / pinned_one.rate:.2f}x "
+              "(>= 1.7x: no lock serialises callers; the gap to the line above is what a lone caller "
+              "gains from the second CPU)")
     print(f"warm-mode throughput         : 1 caller {warm_one:.1f}/s, 2 callers {warm_two:.1f}/s = "
           f"{warm_two / warm_one:.2f}x")
     results = {"median_ms": rows, "fork_over_spawn": forkc / spawn, "idle_fraction": idle,
@@ -297,6 +346,8 @@ def main() -> int:
                "fork_cpu_ms_per_call_parts": {k: {"user": u * 1000, "sys": s * 1000} for k, (u, s) in cpu_parts.items()},
                "fork_cpus_used": {"1": [run1.own_cpus, run1.machine_cpus], "2": [run2.own_cpus, run2.machine_cpus]},
                "fork_ratio_ceiling": (os.cpu_count() or 1) / max(run1.own_cpus, 1e-9),
+               "fork_one_cpu_per_caller": None if pinned_one is None else {
+                   "1_on_1": pinned_one.rate, "2_on_2": pinned_two.rate, "ratio": pinned_two.rate / pinned_one.rate},
                "throughput": {
         "fork_1": one, "fork_2": two, "fork_ratio": two / one, "warm_1": warm_one, "warm_2": warm_two,
         "warm_ratio": warm_two / warm_one}}
