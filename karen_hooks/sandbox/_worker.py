@@ -61,12 +61,12 @@ class _Worker:
 
     def _start(self, settings: PluginSettings) -> None:
         ex, slot, limits, spec = self.ex, self.slot, self.limits, self.spec
+        zyg = ex._zygote()
         if ex._tmpfs_ok:
             _slots.slot_tmpfs(ex._base, slot, limits.work_dir_mb)
             self.workdir = self.workdir_host = os.path.join(slot.tmpfs, self.id)
             self.mounted = True
         else:
-            zyg = ex._zygote()
             # a non-root host's work dirs are in its zygote's tmpfs for the slot, reached through /proc
             parent = _slots.private_slot_dir(ex._base, slot.index) if zyg.private_workdirs else ex._base
             self.workdir = os.path.join(parent, self.id)
@@ -96,11 +96,11 @@ class _Worker:
         err_r, err_w = os.pipe()
         self.ch = _Channel(hs, out_r, err_r, limits)
         try:
-            self.zyg = ex._zygote()
+            self.zyg = zyg
             fds = [cs.fileno(), out_w, err_w]
-            self.zyg.wait_standby(slot.index, _STANDBY_WAIT)
-            sb = self.zyg.take_standby(slot.index)
-            if sb is None or not ex._activate(self.zyg, sb, self.id, cfg, fds):
+            zyg.wait_standby(slot.index, _STANDBY_WAIT)
+            sb = zyg.take_standby(slot.index)
+            if sb is None or not ex._activate(zyg, sb, self.id, cfg, fds):
                 # Through the zygote: it must never hold a plugin's env or a caller's params
                 # (every later child is forked from its memory), so those go over the channel.
                 zcfg = {k: v for k, v in cfg.items() if k not in ("env", "first_request")}
