@@ -78,12 +78,29 @@ class SandboxError(PluginError):
     """The sandbox itself failed (crash, malformed reply, protocol violation)."""
 
 
+# The ``[plugins.NAME.limits]`` setting that raises each limit, for the error's hint.
+_LIMIT_SETTINGS = {
+    "wall_time": "wall_seconds", "cpu": "cpu_seconds", "memory": "memory_mb", "open_files": "open_files",
+    "file_size": "file_size_mb", "processes": "processes", "stdout": "stdout_bytes", "stderr": "stderr_bytes",
+    "reply_size": "reply_bytes",
+}
+
+
 class LimitExceeded(SandboxError):
-    """A sandboxed call hit a limit. ``limit`` names it: wall_time, cpu, memory, ..."""
+    """A sandboxed call hit a limit. ``limit`` names it: wall_time, cpu, memory, ...
+
+    ``setting`` is the ``[plugins.NAME.limits]`` key an operator raises if the plugin
+    really needs more (``None`` for a limit no setting controls).
+    """
 
     def __init__(self, plugin: str, limit: str, detail: str = "", stderr: str = "") -> None:
         self.limit = limit
+        # a full work dir (ENOSPC) is reported as a file_size hit, but its own setting raises it
+        self.setting = "work_dir_mb" if limit == "file_size" and detail.startswith("work dir full") \
+            else _LIMIT_SETTINGS.get(limit)
         msg = f"{limit} limit exceeded" + (f" ({detail})" if detail else "")
+        if self.setting is not None:
+            msg += f"; if the plugin needs more, raise plugins.{plugin}.limits.{self.setting}"
         super().__init__(plugin, msg, stderr=stderr)
 
 

@@ -37,6 +37,7 @@ def test_huge_allocation(executor, layers):
     with pytest.raises(LimitExceeded) as ei:
         run(executor, "huge_alloc", mb=4096)
     assert _limit(ei) == "memory"
+    assert ei.value.setting == "memory_mb" and "raise plugins.hostile.limits.memory_mb" in str(ei.value)
     assert time.monotonic() - t < 5
     still_serves(executor)
 
@@ -67,6 +68,7 @@ def test_sleep_hits_wall_time(executor):
     with pytest.raises(PluginTimeout) as ei:
         run(executor, "sleep", limits=Limits(wall_seconds=0.5), seconds=60)
     assert ei.value.limit == "wall_time" and ei.value.plugin == "hostile"
+    assert "raise plugins.hostile.limits.wall_seconds" in str(ei.value)
     assert time.monotonic() - t < 3
     still_serves(executor)
 
@@ -120,7 +122,7 @@ def test_large_file(executor, layers):
     need(layers, "rlimits")
     with pytest.raises(LimitExceeded) as ei:
         run(executor, "big_file", limits=Limits(file_size_mb=4), mb=64)
-    assert _limit(ei) == "file_size"
+    assert _limit(ei) == "file_size" and ei.value.setting == "file_size_mb"
     still_serves(executor)
 
 
@@ -129,6 +131,8 @@ def test_many_small_files_fill_only_the_work_dir(executor, layers):
     with pytest.raises(LimitExceeded) as ei:
         run(executor, "many_files", limits=Limits(work_dir_mb=4), n=100_000, size=8192)
     assert _limit(ei) == "file_size" and "work dir full" in str(ei.value)
+    # the hint names the setting that raises the work dir's size, not one file's
+    assert ei.value.setting == "work_dir_mb" and "plugins.hostile.limits.work_dir_mb" in str(ei.value)
     still_serves(executor)
 
 
