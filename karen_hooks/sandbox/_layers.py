@@ -52,6 +52,15 @@ DENIED_SYSCALLS = (
     "personality", "lookup_dcookie", "vmsplice",
 )  # fmt: skip
 
+#: ``clone()`` flags that make a namespace: denied (EPERM) like ``unshare``. A user
+#: namespace hands its creator every capability inside it, and with them much more
+#: of the kernel to attack. (CLONE_NEWTIME's bit means something else to clone().)
+CLONE_NAMESPACE_FLAGS = {
+    "CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+
 
 def _errcheck(ret: int, what: str) -> int:
     if ret < 0:
@@ -241,7 +250,12 @@ def seccomp_available() -> tuple[bool, str]:
 
 
 def build_seccomp_filter() -> Any:
-    """Build (but do not load) the deny-list filter. Built once in the zygote."""
+    """Build (but do not load) the deny-list filter. Built once in the zygote.
+
+    ``clone3`` fails with ENOSYS: its flags sit in memory, where a filter cannot read
+    them, and ENOSYS makes libc (threads, ``posix_spawn``) fall back to ``clone``,
+    whose flags the filter checks.
+    """
     import pyseccomp as sc
 
     flt = sc.SyscallFilter(sc.ALLOW)
@@ -250,6 +264,12 @@ def build_seccomp_filter() -> Any:
             flt.add_rule(sc.ERRNO(errno.EPERM), name)
         except Exception:  # syscall unknown on this architecture
             continue
+    for flag in CLONE_NAMESPACE_FLAGS.values():  # clone()'s flags are its first argument on x86-64 and arm64
+        flt.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    try:
+        flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    except Exception:  # no clone3 on this architecture (or in this libseccomp): nothing to refuse
+        pass
     return flt
 
 

@@ -259,6 +259,23 @@ def test_tcp_udp_and_unix_sockets_fail(executor, layers):
         shutil.rmtree(d)
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the attack calls clone() by its x86-64 syscall number")
+def test_no_new_namespaces_through_clone_or_clone3(executor, layers):
+    """unshare() and setns() are denied by name; clone() and clone3() take namespace flags too.
+
+    A user namespace gives its creator every capability inside it, and with them far more
+    of the kernel to attack; on a host that is not root it would also hide a process from
+    the sweep of the zygote's user namespace.
+    """
+    need(layers, "seccomp")
+    r = run(executor, "new_namespaces").result
+    for kind in ("user", "net", "mount", "pid"):
+        assert r["clone " + kind] == "Operation not permitted", r
+        assert r["clone3 " + kind] == "Function not implemented", r  # flags in memory: clone3 is refused whole
+    assert r["fork"] == 7 and r["thread"] == "ran", r
+    still_serves(executor)
+
+
 def _proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as fh:
         return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)

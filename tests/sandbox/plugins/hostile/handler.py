@@ -378,3 +378,41 @@ def act_async(p, ctx):
 
 def act_counter(p, ctx):
     return STATE["calls"]
+
+
+def act_new_namespaces(p, ctx):
+    """Create namespaces with clone()/clone3() (unshare and setns are denied by name), then fork and start a thread."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    sigchld = 17
+    flags = {"user": 0x10000000, "net": 0x40000000, "mount": 0x00020000, "pid": 0x20000000}
+
+    class CloneArgs(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in
+                    ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls")]
+
+    def attempt(syscall, *args):
+        pid = libc.syscall(syscall, *args)
+        if pid == 0:
+            os._exit(0)
+        if pid > 0:
+            os.waitpid(pid, 0)
+            return "created"
+        return os.strerror(ctypes.get_errno())
+
+    out = {}
+    for name, flag in flags.items():
+        out["clone " + name] = attempt(56, flag | sigchld, 0, 0, 0, 0)  # clone(2) on x86-64
+        args = CloneArgs(flags=flag, exit_signal=sigchld)
+        out["clone3 " + name] = attempt(435, ctypes.byref(args), ctypes.sizeof(args))
+    # plain processes and threads still work (the filter looks at the flags, and libc falls back from clone3)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    out["fork"] = os.WEXITSTATUS(os.waitpid(pid, 0)[1])
+    t = threading.Thread(target=lambda: out.__setitem__("thread", "ran"))
+    t.start()
+    t.join()
+    return out
