@@ -68,6 +68,11 @@ class ZygoteContext:
         # the zygote made a user namespace of its own (a host that is not root) and the kernel
         # counts RLIMIT_NPROC per namespace: it then counts only the zygote's and its children's
         self.nproc_in_userns = False
+        # and inside it one user namespace per slot (fds by slot index), which each call child
+        # joins, so that RLIMIT_NPROC counts one call's processes; or why there are none
+        self.slot_userns: dict[int, int] = {}
+        self.slot_userns_problem = ""
+        self.entered_slot = False
 
     def add_aliases(self, paths: list[str]) -> None:
         if not self.root:
@@ -111,6 +116,18 @@ class ZygoteContext:
             for k, v in got[1].items():
                 self.status[k] = [bool(v), f"ABI {self.abi}"]
         return got
+
+    def enter_slot(self, slot: Any) -> None:
+        """Join ``slot``'s own user namespace, if the zygote made them (once; raises OSError)."""
+        if not self.slot_userns or self.entered_slot:
+            return
+        fd = self.slot_userns.get(slot) if isinstance(slot, int) else None
+        if fd is None:
+            raise OSError(f"no user namespace for slot {slot!r}")
+        from ._userns import enter_namespace
+
+        enter_namespace(fd)
+        self.entered_slot = True
 
     def keep_fds(self) -> set[int]:
         return set(self.alias_fds)
@@ -198,13 +215,20 @@ def _process_cap(cfg: dict[str, Any], z: ZygoteContext, dedicated: bool) -> tupl
     base = "CPU seconds, address space, open files, file size, "
     if dedicated:  # the slot's own uid: every process counted is this call's
         return int(cfg["limits"]["processes"]), base + "process count (RLIMIT_NPROC per slot uid)"
+    if z.slot_userns:
+        # Counted per user namespace (Linux >= 5.14 ucounts), and each slot has one of its own:
+        # this call's processes, and the slot's next standby if it is forked meanwhile.
+        cap = int(cfg["limits"]["processes"]) + 1
+        return cap, (base + f"process count: RLIMIT_NPROC {cap} per call (processes + 1), counted in its "
+                     "slot's own user namespace; other calls' and the host's processes are not counted")
     if z.nproc_in_userns:
         # Counted per user namespace (Linux >= 5.14 ucounts): the zygote's, so the processes of all
         # calls together, not the host's. The host sends processes + 2 x slots + 1 (zygote, a
         # standby or call per slot): a call that forks gets its budget while the others don't.
         cap = int(cfg.get("userns_processes") or cfg["limits"]["processes"])
         return cap, (base + f"process count: RLIMIT_NPROC {cap} counted in the zygote's user namespace, "
-                     "one budget shared by all calls; the host's own processes are not counted")
+                     "one budget shared by all calls; the host's own processes are not counted"
+                     + (f" (no user namespace per slot: {z.slot_userns_problem})" if z.slot_userns_problem else ""))
     return 0, (base + "no process count: without a dedicated uid or a user namespace, RLIMIT_NPROC "
                "would count every process of the host's uid")
 
@@ -223,17 +247,17 @@ def _reset_signals() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:
+def child_main(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None, slot: Any = None) -> None:
     """Entry point of a child forked for one call. Never returns."""
     try:
         _reset_signals()
         enter_session(cfg.get("cgroup_procs", ()))
     except BaseException:
         os._exit(70)
-    _activate(cfg, fds, z, ruleset)
+    _activate(cfg, fds, z, ruleset, slot)
 
 
-def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext) -> None:
+def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext, slot: Any = None) -> None:
     """A child forked ahead of time for one slot: joins its cgroup, then waits for a call.
 
     Forking, the new session and the (slow, cgroup v1) cgroup migration happen
@@ -242,6 +266,7 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext)
     try:
         _reset_signals()
         enter_session(cgroup_procs)
+        z.enter_slot(slot)  # before the seccomp filter, which denies setns
         # keep 0..9 occupied so descriptors received below land at 10+
         _close_all_but({sock.fileno(), *range(10)} | z.keep_fds())
         if z.filt is not None and not z.seccomp_loaded:
@@ -264,12 +289,13 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext)
             z.alias_fds.add(fd)
     except BaseException:
         os._exit(71)
-    _activate(cfg, base, z, ruleset)
+    _activate(cfg, base, z, ruleset, slot)
 
 
-def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None) -> None:
+def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None, slot: Any) -> None:
     try:
         proto, out, err = fds
+        z.enter_slot(slot)  # (a standby has already)
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(out, 1)

@@ -189,7 +189,8 @@ class SandboxExecutor:
                 probe = {"workdir": self._base, "uid": uid, "gid": uid, "read_paths": self._read_paths,
                          "write_paths": [self._base, "/dev/null"], "limits": Limits().model_dump(), "env": {},
                          "userns_processes": self._userns_processes(Limits().processes),
-                         "kill_orphans": not self._cgroups.active}  # nothing else finds a daemon then
+                         "kill_orphans": not self._cgroups.active,  # nothing else finds a daemon then
+                         "slots": self._nslots}
                 if not self._root:  # no tmpfs mount for the host: ask the zygote for them in its own namespace
                     dirs = [private_slot_dir(self._base, i) for i in range(self._nslots)]
                     for d in dirs:

@@ -106,18 +106,18 @@ def user_namespace(pid: int | str = "self") -> str | None:
         return None
 
 
-def kill_user_namespace(ns: str) -> int:
-    """SIGKILL every process (but this one) in the user namespace ``ns``; returns how many.
+def kill_user_namespace(*namespaces: str) -> int:
+    """SIGKILL every process (but this one) in any of the user ``namespaces``; returns how many.
 
-    A non-root host's zygote makes a user namespace of its own, and nothing but sandbox
-    processes ever enters it: it holds every process of every call, including one that
-    left its call's session with ``setsid``. So this reaches what a cgroup kill would.
-    (Only processes of our own uid are readable and killable here, and a namespace's
-    inode stays taken while any process is in it.)
+    A non-root host's zygote makes a user namespace of its own (and one per slot inside
+    it), and nothing but sandbox processes ever enters them: they hold every process of
+    every call, including one that left its call's session with ``setsid``. So this
+    reaches what a cgroup kill would. (Only processes of our own uid are readable and
+    killable here, and a namespace's inode stays taken while any process is in it.)
     """
-    me, n = os.getpid(), 0
+    me, n, wanted = os.getpid(), 0, set(namespaces)
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me and user_namespace(entry) == ns:
+        if entry.isdigit() and int(entry) != me and user_namespace(entry) in wanted:
             try:
                 os.kill(int(entry), signal.SIGKILL)
                 n += 1

@@ -123,9 +123,7 @@ def unshare_user_net(tmpfs: tuple[list[str], int, int] | None = None) -> tuple[s
         _errcheck(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
     try:
         try:
-            _write_proc("setgroups", "deny")
-            _write_proc("uid_map", f"{uid} {uid} 1")
-            _write_proc("gid_map", f"{gid} {gid} 1")
+            _map_ids(uid, gid)
             if tmpfs:
                 problem = _private_tmpfs(*tmpfs, uid=uid, gid=gid)
         finally:
@@ -135,6 +133,62 @@ def unshare_user_net(tmpfs: tuple[list[str], int, int] | None = None) -> tuple[s
     return (f"private empty network namespace inside an unprivileged user namespace (uid {uid} and gid {gid} "
             f"mapped to themselves; no capabilities: effective, permitted, inheritable, ambient and bounding "
             f"sets are empty)"), problem
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """Map ``uid`` and ``gid`` to themselves in the user namespace this process just entered."""
+    _write_proc("setgroups", "deny")  # required before an unprivileged process may write gid_map
+    _write_proc("uid_map", f"{uid} {uid} 1")
+    _write_proc("gid_map", f"{gid} {gid} 1")
+
+
+def slot_namespace() -> int:
+    """A new user namespace, a child of this process's, held by the returned descriptor.
+
+    One per slot, made by the zygote of a host that is not root: each of the slot's
+    call children enters it (:func:`enter_namespace`), so ``RLIMIT_NPROC``, which
+    Linux >= 5.14 counts per user namespace, counts that slot's processes alone. A
+    forked helper creates it, since ``unshare`` would move this process itself; it
+    maps its ids to themselves as :func:`unshare_user_net` does, waits until this
+    process has opened ``/proc/HELPER/ns/user``, and exits. Raises ``OSError``.
+    """
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked helper
+        os.close(ready_r)
+        os.close(hold_w)
+        try:
+            uid, gid = os.geteuid(), os.getegid()
+            _errcheck(_libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+            _map_ids(uid, gid)
+            os.write(ready_w, b"ok")
+            os.read(hold_r, 1)  # returns once the parent has the namespace open and closes its end
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(ready_w, (str(exc) or type(exc).__name__).encode()[:4096])
+        os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    try:
+        said = os.read(ready_r, 4096)
+        if said != b"ok":
+            raise OSError(f"no user namespace for a slot: {said.decode(errors='replace') or 'the helper died'}")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(hold_w)
+        os.waitpid(pid, 0)
+
+
+def enter_namespace(fd: int) -> None:
+    """Join the user namespace ``fd`` from :func:`slot_namespace`, holding no capabilities after.
+
+    Joining grants every capability inside it (this process's uid owns it), so all
+    of them are dropped again at once; ``OSError`` if either step fails, and the
+    caller must not go on.
+    """
+    _errcheck(_libc.setns(fd, CLONE_NEWUSER), "setns(CLONE_NEWUSER)")
+    drop_capabilities()
 
 
 def _private_tmpfs(paths: list[str], size_mb: int, inodes: int, *, uid: int, gid: int) -> str | None:

@@ -101,6 +101,26 @@ def _userns_netns(direct: OSError, tmpfs: list[Any] | None = None,
     return [True, detail]
 
 
+def _slot_namespaces(slots: int) -> tuple[dict[int, int], str]:
+    """A user namespace per slot (descriptors by slot index), or none and why not.
+
+    Only in the zygote's own user namespace (a host that is not root) on a kernel that
+    counts RLIMIT_NPROC per namespace: there, a call child in its slot's namespace is
+    capped by its own processes, not by every call's together.
+    """
+    from ._userns import slot_namespace
+
+    made: dict[int, int] = {}
+    try:
+        for i in range(slots):
+            made[i] = slot_namespace()
+    except OSError as exc:
+        for fd in made.values():
+            os.close(fd)
+        return {}, str(exc)
+    return made, ""
+
+
 def _reserve_low_fds(ctrl_fd: int) -> int:
     """Move the control socket high and fill fds 3..9 so children can dup2 onto them."""
     high = fcntl.fcntl(ctrl_fd, fcntl.F_DUPFD_CLOEXEC, 100)
@@ -165,16 +185,20 @@ def main(ctrl_fd: int) -> None:
     z = _child.ZygoteContext(filt, abi, int(probe_cfg.get("uid", -1)), int(probe_cfg.get("gid", -1)))
     z.status.update(status)
     z.nproc_in_userns = own_userns and _layers.nproc_counted_per_userns()
+    if z.nproc_in_userns:  # before seccomp, which denies making namespaces
+        z.slot_userns, z.slot_userns_problem = _slot_namespaces(int(probe_cfg.get("slots", 0)))
     z.add_aliases(list(probe_cfg["read_paths"]))
     z.rewrite_imports()
     status.update(_probe(probe_cfg, z))
     if filt is None:
         status["seccomp"] = [False, why]
-    elif status.get("seccomp", [False])[0]:
+    elif status.get("seccomp", [False])[0] and not z.slot_userns:
         # Loaded once here and inherited by every child: installing a filter costs the
         # kernel ~0.4 ms per process. From here on the zygote needs none of the denied
         # syscalls (its network namespace is already set up). If this fails, every
-        # child loads the filter itself as before.
+        # child loads the filter itself as before; so does every child that must first
+        # join its slot's user namespace (setns, which the filter denies), off the
+        # call's path in the standby.
         try:
             filt.load()
             z.seccomp_loaded = True
@@ -187,7 +211,9 @@ def main(ctrl_fd: int) -> None:
     if orphans and status.get("subreaper", [False])[0]:
         status["subreaper"] = [True, "PR_SET_CHILD_SUBREAPER; no cgroup, so every orphan the zygote adopts "
                                      "(a double-forked daemon) is killed when the zygote next reaps a child"]
-    _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status})
+    # the host sweeps these too when this zygote dies (what a cgroup kill would reach)
+    slot_ns = [os.readlink(f"/proc/self/fd/{fd}") for fd in z.slot_userns.values()]
+    _send(ctrl, {"op": "hello", "pid": os.getpid(), "layers": status, "slot_userns": slot_ns})
 
     children: dict[int, str] = {}
     rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -219,7 +245,7 @@ def main(ctrl_fd: int) -> None:
                 if own_userns:  # also those that left their call's session (setsid)
                     ns = _layers.user_namespace()
                     if ns is not None:
-                        _layers.kill_user_namespace(ns)
+                        _layers.kill_user_namespace(ns, *slot_ns)
                 os._exit(0)
             msg = json.loads(data.decode())
             op = msg.get("op")
@@ -229,7 +255,7 @@ def main(ctrl_fd: int) -> None:
                 ruleset = _ruleset(cfg, z)
                 pid = os.fork()
                 if pid == 0:
-                    _child.child_main(cfg, fds, z, ruleset)
+                    _child.child_main(cfg, fds, z, ruleset, msg.get("slot"))
                     os._exit(0)  # pragma: no cover
                 for fd in fds:
                     os.close(fd)
@@ -245,7 +271,7 @@ def main(ctrl_fd: int) -> None:
                 pid = os.fork()
                 if pid == 0:
                     a.close()
-                    _child.standby_main(b, list(msg.get("cgroup_procs", [])), z)
+                    _child.standby_main(b, list(msg.get("cgroup_procs", [])), z, slot)
                     os._exit(0)  # pragma: no cover
                 b.close()
                 children[pid] = f"standby:{slot}"

@@ -50,6 +50,7 @@ class _Zygote:
         # is gone: then the host kills them itself (see _kill_call_processes).
         self._kill_groups = bool(probe_cfg.get("kill_orphans"))
         self._userns: str | None = None  # set once the zygote has said hello
+        self._slot_userns: list[str] = []  # and its slots' (see below)
         self._swept = False  # _kill_call_processes has run
         self.private_workdirs = False
         self.base = str(probe_cfg.get("workdir", ""))  # the sandbox base dir (under which the work dirs are)
@@ -76,6 +77,8 @@ class _Zygote:
         # The zygote's own user namespace (a non-root host's): every sandbox process is in it.
         ns = _layers.user_namespace(self.pid) if self._kill_groups else None
         self._userns = ns if ns is not None and ns != _layers.user_namespace() else None
+        # and the user namespace of each slot inside it, which the call children join
+        self._slot_userns = [str(n) for n in hello.get("slot_userns", [])] if self._userns is not None else []
         self._reader = threading.Thread(target=self._read_loop, name="karen-zygote-reader", daemon=True)
         self._reader.start()
 
@@ -155,7 +158,7 @@ class _Zygote:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
         if self._userns is not None:  # and those that left their group with setsid
-            _layers.kill_user_namespace(self._userns)
+            _layers.kill_user_namespace(self._userns, *self._slot_userns)
 
     def wait_standby(self, slot: int, timeout: float) -> None:
         """Wait (up to ``timeout``) for the standby child of ``slot`` if one is being forked.

@@ -65,7 +65,19 @@ def _status_caps(pid: int | str) -> dict[str, int]:
 
 
 def _ns(pid: int | str) -> dict[str, str]:
-    return {n: os.readlink(f"/proc/{pid}/ns/{n}") for n in ("net", "user")}
+    out = {n: os.readlink(f"/proc/{pid}/ns/{n}") for n in ("net", "user")}
+    import fcntl
+
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    try:
+        parent = fcntl.ioctl(fd, 0xB702)  # NS_GET_PARENT: a descriptor of the namespace's parent
+        out["user_parent"] = os.readlink(f"/proc/self/fd/{parent}")
+        os.close(parent)
+    except PermissionError:  # the initial namespace has none
+        out["user_parent"] = ""
+    finally:
+        os.close(fd)
+    return out
 
 
 def _helper_alone() -> dict:
@@ -195,6 +207,17 @@ control["strays_after_thread_bomb"] = settle()[1]
 for name in ("fork_bomb_unbounded", "thread_bomb"):
     attacks[name]["expected_error"] = True
 attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
+# Per call, not shared: while one call holds every process it could fork, another call forks too.
+z = ex._zygote()
+holder = threading.Thread(target=attack, args=("bomb_held", "fork_bomb_hold"), kwargs={"hold": 3})
+holder.start()
+deadline = time.monotonic() + 5
+while not glob.glob(z.host_path(os.path.join(ex._base, "slot*", "*", "bomb.done"))) and time.monotonic() < deadline:
+    time.sleep(0.02)
+control["bomb_held_saturated"] = bool(glob.glob(z.host_path(os.path.join(ex._base, "slot*", "*", "bomb.done"))))
+attack("fork_beside_held_bomb", "fork_n", n=24)
+holder.join(30)
+control["strays_after_held_bomb"] = settle()[1]
 # Many small files: the zygote's tmpfs over the work dirs (2 slots x 4096 inodes, 2 x 64 MiB) fills,
 # not the host's disk; in the host's own view the sandbox base dir stays empty.
 attack("many_files", n=100_000, size=8192)

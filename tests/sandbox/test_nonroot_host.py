@@ -288,8 +288,14 @@ def test_netns_is_active_inside_an_unprivileged_user_namespace(report):
     for name in ins.keys() - {"host"}:  # the zygote and both slots' standby children
         assert ins[name]["ns"]["net"] != host_ns["net"], name
         assert ins[name]["ns"]["user"] != host_ns["user"], name
-        assert ins[name]["ns"] == ins["zygote"]["ns"], name  # one namespace, created once by the zygote
+        assert ins[name]["ns"]["net"] == ins["zygote"]["ns"]["net"], name  # one, created once by the zygote
     assert len(ins) == 4, sorted(ins)
+    # each slot's standby is in a user namespace of the slot's own, inside the zygote's
+    zygote_user = ins["zygote"]["ns"]["user"]
+    assert host_ns["user_parent"] == "" and ins["zygote"]["ns"]["user_parent"] == host_ns["user"]
+    for name in ("standby0", "standby1"):
+        assert ins[name]["ns"]["user_parent"] == zygote_user, (name, ins[name]["ns"])
+    assert ins["standby0"]["ns"]["user"] != ins["standby1"]["ns"]["user"]
 
 
 def test_no_capabilities_in_the_user_namespace(report):
@@ -353,23 +359,32 @@ def test_double_fork_daemon_and_leftover_children_do_not_survive(report):
     assert report["_left_over"] == []  # nothing of the unprivileged uid outlived the host
 
 
-def test_fork_and_thread_bombs_are_capped_in_the_zygotes_user_namespace(report):
+def test_fork_and_thread_bombs_are_capped_in_each_slots_user_namespace(report):
     """No cgroup and no dedicated uid, yet RLIMIT_NPROC bites: it counts per user namespace.
 
-    The zygote's namespace holds only sandbox processes, so the cap (processes + 2 x slots + 1
-    = 32 + 4 + 1) bounds every call together and never counts the host's own processes.
+    Each slot has a user namespace of its own inside the zygote's, holding only that slot's
+    call (and its next standby), so the cap (processes + 1 = 33) is the call's own and never
+    counts the host's processes or another call's.
     """
     assert report["layers"]["netns"][0], "needs the zygote's own user namespace"
-    assert "RLIMIT_NPROC 37" in report["layers"]["rlimits"][1], report["layers"]["rlimits"]  # 2 slots
+    assert "RLIMIT_NPROC 33 per call" in report["layers"]["rlimits"][1], report["layers"]["rlimits"]
     bomb = _attack(report, "fork_bomb_unbounded")
     assert bomb.get("error") == "LimitExceeded" and bomb["limit"] == "processes", bomb
     forked = int(re.search(r"forked (\d+)", bomb["stderr"]).group(1))
-    # its own process, the zygote and the other slot's standby (and this slot's next one) are counted too
-    assert 32 <= forked <= 37, forked
+    # its own process is counted, and this slot's next standby if it was forked meanwhile
+    assert 31 <= forked <= 32, forked
     threads = _attack(report, "thread_bomb")
     assert threads.get("error") == "LimitExceeded" and threads["limit"] == "processes", threads
     assert report["control"]["strays_after_bomb"] == [] and report["control"]["strays_after_thread_bomb"] == []
     assert _attack(report, "fork_after_bomb") == {"result": 24, "stdout": ""}  # the budget is back
+
+
+def test_a_bomb_in_one_call_leaves_other_calls_their_budget(report):
+    """While one call holds every process it may fork, a call in the other slot still forks 24."""
+    assert report["control"]["bomb_held_saturated"], "the holding call never reached its cap"
+    assert _attack(report, "fork_beside_held_bomb") == {"result": 24, "stdout": ""}
+    assert 31 <= _attack(report, "bomb_held")["result"] <= 32
+    assert report["control"]["strays_after_held_bomb"] == []
 
 
 @pytest.mark.parametrize("name", ["zygote_killed_mid_call", "zygote_killed_mid_call_setsid"])

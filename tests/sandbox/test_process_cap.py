@@ -26,6 +26,20 @@ def test_zygote_user_namespace_gets_the_shared_cap() -> None:
     assert cap == 41 and "RLIMIT_NPROC 41" in detail and "shared by all calls" in detail
 
 
+def test_a_user_namespace_per_slot_gets_the_per_call_limit() -> None:
+    z = zygote(True)
+    z.slot_userns = {0: 5, 1: 6}
+    cap, detail = _process_cap(CFG, z, dedicated=False)
+    assert cap == 33 and "RLIMIT_NPROC 33 per call" in detail and "slot's own user namespace" in detail
+
+
+def test_without_slot_namespaces_the_shared_cap_says_why() -> None:
+    z = zygote(True)
+    z.slot_userns_problem = "no user namespace for a slot: limit reached"
+    cap, detail = _process_cap(CFG, z, dedicated=False)
+    assert cap == 41 and "limit reached" in detail
+
+
 def test_neither_sets_no_cap_and_says_so() -> None:
     cap, detail = _process_cap(CFG, zygote(False), dedicated=False)
     assert cap == 0 and "no process count" in detail

@@ -114,6 +114,23 @@ def act_fork_and_sleep(p, ctx):
     return "woke"
 
 
+def act_fork_bomb_hold(p, ctx):
+    """Fork until refused, then keep every child for ``hold`` seconds (``bomb.done`` in the work dir says when)."""
+    n = 0
+    try:
+        while n < 10_000:
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            n += 1
+    except OSError:
+        pass
+    with open("bomb.done", "w") as fh:
+        fh.write(str(n))
+    time.sleep(p.get("hold", 3))
+    return n
+
+
 def act_fork_n(p, ctx):
     pids = []
     for _ in range(p["n"]):
