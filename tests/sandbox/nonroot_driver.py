@@ -183,6 +183,23 @@ for name in ("busy", "huge_alloc"):
     attacks[name]["expected_error"] = True
 
 
+def limited_attack(name: str, limits: Limits, **params) -> None:
+    """An attack under limits of its own (the plugin's settings keep the defaults)."""
+    try:
+        asyncio.run(ex.call(spec, "karen_run", {"intent": "x", "params": {**params, "action": name.split(":")[0]},
+                                                "ctx": {**USER, "intent": "x", "plugin": "hostile"}},
+                            PluginSettings(), limits))
+        attacks[name] = {"result": "returned"}
+    except Exception as exc:  # noqa: BLE001
+        attacks[name] = {"error": type(exc).__name__, "limit": getattr(exc, "limit", None), "expected_error": True}
+
+
+# Memory no process maps (memfd): no cgroup counts it here. Each file stops at file_size_mb,
+# and the number of files at open_files: that product is the bound.
+limited_attack("memfd_fill:files", Limits(open_files=16, file_size_mb=4), mb_each=3, stop_mb=1 << 20)
+limited_attack("memfd_fill:one_big", Limits(open_files=16, file_size_mb=4), mb_each=5, stop_mb=1 << 20)
+
+
 
 def settle(daemon: int = 0) -> tuple[bool, list[int]]:
     """Wait (up to 5 s) until only this host, its zygote and the slots' standby children are left."""

@@ -50,6 +50,15 @@ def test_gradual_growth(executor, layers):
     still_serves(executor)
 
 
+def test_memory_no_process_maps_is_counted(executor, layers):
+    """memfd pages are in no address space (RLIMIT_AS misses them); the cgroup counts them."""
+    need(layers, "cgroup_memory")
+    with pytest.raises(LimitExceeded) as ei:  # 8 MiB files: each under file_size_mb, 60 of them under open_files
+        run(executor, "memfd_fill", limits=Limits(memory_mb=128, wall_seconds=20), mb_each=8, stop_mb=480)
+    assert _limit(ei) == "memory"
+    still_serves(executor)
+
+
 # -- time --------------------------------------------------------------------
 
 

@@ -345,6 +345,14 @@ def test_sleep_is_stopped_by_the_wall_limit(report):
     assert r["error"] == "PluginTimeout" and r["limit"] == "wall_time", r
 
 
+def test_memory_no_process_maps_is_bounded_by_file_size_times_open_files(report):
+    """memfd pages escape RLIMIT_AS, and no cgroup counts them here: each file and their number are capped."""
+    many = _attack(report, "memfd_fill:files")  # 3 MiB files: stopped by the 16 open files, ~40 MiB in all
+    assert many.get("error") == "LimitExceeded" and many["limit"] == "open_files", many
+    big = _attack(report, "memfd_fill:one_big")  # a 5 MiB file past file_size_mb = 4
+    assert big.get("error") == "LimitExceeded" and big["limit"] == "file_size", big
+
+
 def test_huge_allocation_fails(report):
     r = _attack(report, "huge_alloc")
     assert r["error"] == "LimitExceeded" and r["limit"] == "memory", r

@@ -67,6 +67,17 @@ def act_grow(p, ctx):
             chunks[-1][i] = 1
 
 
+def act_memfd_fill(p, ctx):
+    """Memory no process maps: anonymous files (memfd), ``mb_each`` MiB in each, until refused."""
+    fds, chunk = [], b"x" * (1 << 20)
+    while len(fds) * p["mb_each"] < p.get("stop_mb", 1 << 20):
+        fd = os.memfd_create("fill")  # an OSError (EMFILE: the open files limit) ends the call
+        fds.append(fd)
+        for _ in range(p["mb_each"]):
+            os.write(fd, chunk)
+    return len(fds) * p["mb_each"]
+
+
 def act_busy(p, ctx):
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
     x = 0
