@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from ._models import Intent, LoadProblem, PluginSpec
 
 MANIFEST = "plugin_manifest.json"
+#: A manifest is a small JSON object; a larger file is refused before the host reads it all.
+MAX_MANIFEST_BYTES = 1 << 20
 CATEGORIES = ("examples", "core", "ai", "integrations", "automation")
 SUPPORTED_API_VERSIONS = ("0.1", "0.2", "1.0")
 
@@ -112,6 +114,16 @@ def iter_plugin_folders(root: Path) -> Iterator[tuple[Path, str | None]]:
                 yield grandchild, child.name
 
 
+def _read_bounded(path: Path, max_bytes: int, chars: int | None = None) -> str | None:
+    """The file's UTF-8 text, or ``None`` if it is over ``max_bytes`` (or ``chars`` characters)."""
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None
+    text = data.decode("utf-8")
+    return None if chars is not None and len(text) > chars else text
+
+
 def _format_errors(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
@@ -123,10 +135,18 @@ def _format_errors(exc: ValidationError) -> str:
 def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin | LoadProblem:
     """Read and validate one folder's manifest. Never imports ``handler.py``."""
     guess = folder.name
+    # The folder's files are the plugin author's, read by the host: bounded, and every way
+    # they can fail to parse is this plugin's problem, never the host's.
     try:
-        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        text = _read_bounded(folder / MANIFEST, MAX_MANIFEST_BYTES)
+        if text is None:
+            return LoadProblem(guess, f"{folder / MANIFEST} is larger than 1 MiB; a manifest is a small JSON "
+                                      "object: move data out of it")
+        raw = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return LoadProblem(guess, f"{folder / MANIFEST}: not readable JSON ({exc}); fix the file's syntax")
+    except RecursionError:
+        return LoadProblem(guess, f"{folder / MANIFEST}: not readable JSON (it nests too deeply); fix the file")
     name: str = guess
     if isinstance(raw, dict) and isinstance(raw.get("name"), str):
         name = raw["name"]
@@ -142,7 +162,16 @@ def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin
         return LoadProblem(name, f"{folder}: module {manifest.module!r} named by the manifest does not exist")
     prompt = manifest.prompt
     if prompt is None and (folder / "prompt.txt").is_file():
-        prompt = (folder / "prompt.txt").read_text(encoding="utf-8")
+        # a template longer than the renderer accepts could never render: refused here, by name
+        from ._template_sandbox import MAX_TEMPLATE_CHARS  # (jinja2 only where a folder has a prompt)
+
+        try:
+            prompt = _read_bounded(folder / "prompt.txt", MAX_TEMPLATE_CHARS * 4, chars=MAX_TEMPLATE_CHARS)
+        except (OSError, UnicodeDecodeError) as exc:
+            return LoadProblem(name, f"{folder / 'prompt.txt'}: not readable as UTF-8 text ({exc}); save it as UTF-8")
+        if prompt is None:
+            return LoadProblem(name, f"{folder / 'prompt.txt'} is longer than {MAX_TEMPLATE_CHARS} characters, "
+                                     "the most a prompt template may have; shorten it")
     try:
         intents = [
             Intent(

@@ -82,3 +82,32 @@ def test_no_sandbox_means_refusal_not_in_process(monkeypatch) -> None:
     with pytest.raises(UntrustedPluginError, match="never run in the host"):
         asyncio.run(m.run_plugin("echo", {"text": "x"}, USER, intent="echo"))
     assert not any("karen_dirplugin_echo" in k for k in sys.modules)
+
+
+def _folder(root: Path, name: str, manifest: bytes, prompt: bytes | None = None) -> None:
+    d = root / name
+    d.mkdir()
+    (d / "plugin_manifest.json").write_bytes(manifest)
+    (d / "handler.py").write_text("def run(params, ctx=None):\n    return {}\n")
+    if prompt is not None:
+        (d / "prompt.txt").write_bytes(prompt)
+
+
+def test_hostile_manifests_and_prompts_are_problems_of_their_own_plugin(tmp_path: Path, recorder) -> None:
+    """A manifest or prompt.txt built to break the host's parser costs only its own plugin."""
+    good = (b'{"plugin_api_version": "1.0", "intent": "%s", "enable_external_workflow": false, '
+            b'"required_roles": ["user"], "trusted_ui": false}')
+    _folder(tmp_path, "deep", b"[" * 100_000 + b"]" * 100_000)  # RecursionError in json
+    _folder(tmp_path, "huge", b'{"pad": "' + b"x" * (2 << 20) + b'"}')  # read whole into the host
+    _folder(tmp_path, "badprompt", good % b"badprompt", prompt=b"\xff\xfe not utf-8")
+    _folder(tmp_path, "bigprompt", good % b"bigprompt", prompt=b"x" * (1 << 20))
+    _folder(tmp_path, "fine", good % b"fine")
+    wanted = ["deep", "huge", "badprompt", "bigprompt", "fine"]
+    router = PluginRouter(settings(plugin_dir=str(tmp_path), load_plugins=wanted), executor=recorder)
+    assert names(router) == ["fine"]
+    reasons = {p.plugin: p.reason for p in router.problems}
+    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt"}, reasons
+    assert "nests too deeply" in reasons["deep"]
+    assert "larger than 1 MiB" in reasons["huge"]
+    assert "prompt.txt" in reasons["badprompt"] and "UTF-8" in reasons["badprompt"]
+    assert "prompt.txt" in reasons["bigprompt"] and "100000 characters" in reasons["bigprompt"]
