@@ -194,6 +194,9 @@ def _extra_checks(router: PluginRouter) -> list[LoadProblem]:
                     jsonschema.validators.validator_for(it.params).check_schema(it.params)
                 except jsonschema.SchemaError as exc:
                     found.append(LoadProblem(info.name, f"intent {it.name!r}: params schema is invalid: {exc.message}", info.distribution))
+                except RecursionError:
+                    found.append(LoadProblem(info.name, f"intent {it.name!r}: params schema nests too deeply to check",
+                                             info.distribution))
         if info.prompt:
             try:
                 jinja2.Environment().parse(info.prompt)

@@ -55,7 +55,12 @@ def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
         validator = _schema_validator(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": f"the plugin's params schema is invalid: {exc.message}"}]) from None
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    except RecursionError:
+        raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": "the plugin's params schema nests too deeply to check"}]) from None
+    try:
+        errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    except RecursionError:  # a recursive schema ($ref) walking params nested thousands deep
+        raise InvalidParams(plugin, intent.name, [{"field": "params", "problem": "nest too deeply to check; send flatter params"}]) from None
     if errors:
         raise InvalidParams(
             plugin,

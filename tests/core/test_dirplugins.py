@@ -101,12 +101,17 @@ def test_hostile_manifests_and_prompts_are_problems_of_their_own_plugin(tmp_path
     _folder(tmp_path, "huge", b'{"pad": "' + b"x" * (2 << 20) + b'"}')  # read whole into the host
     _folder(tmp_path, "badprompt", good % b"badprompt", prompt=b"\xff\xfe not utf-8")
     _folder(tmp_path, "bigprompt", good % b"bigprompt", prompt=b"x" * (1 << 20))
+    deep_schema = b'{"type": "object"}'
+    for _ in range(400):  # valid JSON, but the host's JSON Schema checks would recurse past Python's limit
+        deep_schema = b'{"type": "object", "properties": {"a": ' + deep_schema + b"}}"
+    _folder(tmp_path, "deepschema", (good % b"deepschema")[:-1] + b', "params": ' + deep_schema + b"}")
     _folder(tmp_path, "fine", good % b"fine")
-    wanted = ["deep", "huge", "badprompt", "bigprompt", "fine"]
+    wanted = ["deep", "huge", "badprompt", "bigprompt", "deepschema", "fine"]
     router = PluginRouter(settings(plugin_dir=str(tmp_path), load_plugins=wanted), executor=recorder)
     assert names(router) == ["fine"]
     reasons = {p.plugin: p.reason for p in router.problems}
-    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt"}, reasons
+    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt", "deepschema"}, reasons
+    assert "field 'params'" in reasons["deepschema"] and "more than 64 deep" in reasons["deepschema"]
     assert "nests too deeply" in reasons["deep"]
     assert "larger than 1 MiB" in reasons["huge"]
     assert "prompt.txt" in reasons["badprompt"] and "UTF-8" in reasons["badprompt"]

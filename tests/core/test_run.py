@@ -192,3 +192,36 @@ def test_register_plugin_module_and_object(recorder) -> None:
     assert isinstance(result["time"], int)
     with pytest.raises(ValueError, match="already provided by plugin 'clock'"):
         router.register_plugin(tq, "clock2")
+
+
+def _nested(depth: int) -> dict:
+    out: dict = {"type": "object"}
+    for _ in range(depth):
+        out = {"type": "object", "properties": {"a": out}}
+    return out
+
+
+def test_a_params_schema_nested_too_deep_is_refused_when_the_intent_is_made() -> None:
+    """A plugin's schema is checked by the host's recursive validators: depth is bounded up front."""
+    from karen_hooks import Intent
+    from karen_hooks._models import MAX_SCHEMA_DEPTH
+
+    Intent(name="ok", params=_nested(MAX_SCHEMA_DEPTH // 2 - 1))  # 2 containers per level
+    with pytest.raises(ValueError, match=f"nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep"):
+        Intent(name="deep", params=_nested(400))
+
+
+def test_params_nested_thousands_deep_are_invalid_params_not_a_crash() -> None:
+    """A recursive schema ($ref) follows the params as deep as they go: the host refuses, typed."""
+    from karen_hooks import Intent
+    from karen_hooks._params import validate_params
+
+    it = Intent(name="tree", params={"type": "object", "additionalProperties": {"$ref": "#"}})
+    params: dict = {}
+    cur = params
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(InvalidParams, match="nest too deeply"):
+        validate_params("p", it, params)
+    assert validate_params("p", it, {"a": {"b": {}}}) == {"a": {"b": {}}}
