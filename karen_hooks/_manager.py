@@ -15,6 +15,7 @@ from ._capture import start as capture_start
 from ._capture import stop as capture_stop
 from ._config import Settings
 from ._errors import InvalidResult, KarenError, PluginError, UntrustedPluginError
+from ._jsondata import MAX_DATA_DEPTH
 from ._metrics import get_metrics
 from ._models import Intent, PluginContext, PluginInfo, UserContext
 from ._observer import CallObserver
@@ -72,6 +73,8 @@ def ensure_json(plugin: str, result: Any) -> Any:
         json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidResult(plugin, f"returned a result that is not JSON-serialisable ({exc}); return dicts, lists, str, int, float, bool or None") from None
+    except RecursionError:
+        raise InvalidResult(plugin, f"returned a result that nests too deeply; keep it under {MAX_DATA_DEPTH} levels") from None
     return result
 
 

@@ -9,23 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from ._errors import InvalidUserContext
+from ._jsondata import nesting
 
 _INTENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Objects and arrays a params schema may nest: a schema comes from the plugin, and the
 #: host's JSON Schema checks recurse once (or more) per level.
 MAX_SCHEMA_DEPTH = 64
-
-
-def _nesting(value: Any) -> int:
-    """How deeply dicts and lists nest in ``value`` (without recursing, whatever it holds)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, depth)
-            if depth <= MAX_SCHEMA_DEPTH:  # deeper than that is refused anyway
-                stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest
 
 
 class Intent(BaseModel):
@@ -54,7 +43,7 @@ class Intent(BaseModel):
         if v is None or isinstance(v, dict):
             if isinstance(v, dict) and v.get("type", "object") != "object":
                 raise ValueError('a JSON Schema for params must describe an object ("type": "object")')
-            if v is not None and _nesting(v) > MAX_SCHEMA_DEPTH:
+            if v is not None and nesting(v, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
                 raise ValueError(f"the JSON Schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep; "
                                  "flatten it (or use $defs and $ref)")
             return v

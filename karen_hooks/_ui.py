@@ -154,6 +154,8 @@ def validate_component(data: Any, plugin: str, allow_html: bool = False) -> dict
         size = len(json.dumps(data, separators=(",", ":")))
     except (TypeError, ValueError) as exc:
         raise InvalidResult(plugin, f"UI component is not JSON data: {exc}") from None
+    except RecursionError:
+        raise InvalidResult(plugin, "UI component nests too deeply") from None
     if size > MAX_COMPONENT_CHARS:
         raise InvalidResult(plugin, f"UI component is {size} characters of JSON, above the {MAX_COMPONENT_CHARS} cap")
     try:

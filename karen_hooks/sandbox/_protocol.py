@@ -13,6 +13,8 @@ import os
 import struct
 from typing import Any
 
+from .._jsondata import MAX_DATA_DEPTH, nesting
+
 _HDR = struct.Struct(">I")
 #: Hard ceiling for any frame, whatever the configured limits say.
 MAX_FRAME = 256 << 20
@@ -61,7 +63,12 @@ def write_frame(fd: int, obj: dict[str, Any]) -> None:
 
 
 class FrameBuffer:
-    """Incremental decoder: feed bytes, pop complete frames; enforces ``cap``."""
+    """Incremental decoder: feed bytes, pop complete frames; enforces ``cap`` and ``MAX_DATA_DEPTH``.
+
+    The host's reader of a sandbox's frames: whatever the host later does with a reply
+    (``json.dumps``, memory, UI checks, the application's own code) may recurse once per
+    level, from a stack of any depth, so the depth is bounded here, where it comes in.
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -78,7 +85,11 @@ class FrameBuffer:
                 break
             payload = bytes(self._buf[_HDR.size : _HDR.size + size])
             del self._buf[: _HDR.size + size]
-            out.append(decode(payload))
+            frame = decode(payload)
+            # nesting deeper than N takes at least 2N bytes: small frames need no walk
+            if size > 2 * MAX_DATA_DEPTH and nesting(frame, MAX_DATA_DEPTH) > MAX_DATA_DEPTH:
+                raise ProtocolError(f"frame nests objects and arrays more than {MAX_DATA_DEPTH} deep")
+            out.append(frame)
         return out
 
     @property

@@ -225,3 +225,13 @@ def test_params_nested_thousands_deep_are_invalid_params_not_a_crash() -> None:
     with pytest.raises(InvalidParams, match="nest too deeply"):
         validate_params("p", it, params)
     assert validate_params("p", it, {"a": {"b": {}}}) == {"a": {"b": {}}}
+
+
+def test_a_trusted_result_nested_past_the_recursion_limit_is_invalid_result() -> None:
+    from karen_hooks._manager import ensure_json
+
+    x: object = 1
+    for _ in range(5000):
+        x = [x]
+    with pytest.raises(InvalidResult, match="nests too deeply"):
+        ensure_json("deep", x)

@@ -87,3 +87,11 @@ def test_advanced_mode_false_string_keeps_ui_off() -> None:
 
     s = load_settings(environ={"ADVANCED_MODE": "false"})
     assert ui_disabled_reason(s, "w", ui_trusted=True) is not None
+
+
+def test_a_component_nested_past_the_recursion_limit_is_invalid_result() -> None:
+    d: dict = {"type": "text", "text": "x"}
+    for _ in range(5000):
+        d = {"type": "card", "children": [d]}
+    with pytest.raises(InvalidResult, match="nests too deeply"):
+        validate_component(d, "p")

@@ -109,3 +109,25 @@ def test_manifest_prompt_renders_in_the_sandbox(manager):
     pytest.importorskip("karen_hooks._prompts")
     text = asyncio.run(manager.render_prompt("hostile", {"action": "x"}, USER))
     assert text == "act=x user=u1"
+
+
+def _from_a_deep_stack(frames: int, fn):
+    """Call ``fn`` with ``frames`` Python frames already on the stack, as a web framework's middleware puts there."""
+    return fn() if frames == 0 else _from_a_deep_stack(frames - 1, fn)
+
+
+def test_a_reply_nested_too_deep_is_refused_where_it_comes_in(manager):
+    """Depth is bounded when the host reads a sandbox's reply, not left to whichever recursive code meets it first.
+
+    A 980-deep result used to decode fine and then raise RecursionError from the host's own json.dumps
+    when the application called from 100 frames down.
+    """
+    with pytest.raises(SandboxError, match="more than 100 deep"):
+        _from_a_deep_stack(300, lambda: call(manager, "deep_result", depth=980))
+    with pytest.raises(SandboxError, match="more than 100 deep"):
+        call(manager, "deep_result", depth=101)
+    result, _, _ = _from_a_deep_stack(300, lambda: call(manager, "deep_result", depth=95))  # (+ the reply's own)
+    depth = 0
+    while isinstance(result, list):
+        result, depth = result[0], depth + 1
+    assert depth == 95

@@ -444,3 +444,11 @@ def act_new_namespaces(p, ctx):
     t.start()
     t.join()
     return out
+
+
+def act_deep_result(p, ctx):
+    """A result nested ``depth`` lists deep: a recursion bomb for whatever the host does with it."""
+    x = 1
+    for _ in range(p["depth"]):
+        x = [x]
+    return x
