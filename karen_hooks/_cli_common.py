@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +15,20 @@ from ._config import load_settings
 from ._dirplugins import iter_plugin_folders
 from ._loader import find_entry_points
 from ._router import PluginRouter
+
+# C0 controls but newline and tab, DEL, C1 controls, and bidirectional overrides ("Trojan
+# Source"): what can move the cursor, rewrite a line, set a title or the clipboard (OSC 52),
+# or reorder what an operator reads.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), for printing what a plugin wrote.
+
+    A plugin's output, error messages and names reach the operator's terminal; escape
+    sequences in them must show as text, not act.
+    """
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
 class CliError(Exception):
@@ -120,7 +135,7 @@ def print_json(data: Any) -> None:
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], file: Any = None) -> None:
     """A plain aligned text table; cells are stringified and kept on one line."""
     out = file or sys.stdout
-    cells = [[" ".join(("" if c is None else str(c)).split()) for c in row] for row in rows]
+    cells = [[terminal_safe(" ".join(("" if c is None else str(c)).split())) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=out)
     print("  ".join("-" * w for w in widths), file=out)

@@ -18,6 +18,7 @@ from ._cli_common import (
     parse_value,
     print_json,
     progress,
+    terminal_safe,
     user_context,
 )
 from ._errors import PluginError, TemplateError
@@ -38,9 +39,9 @@ def _call(args: argparse.Namespace, work: Callable[[PluginManager, dict[str, Any
         return asyncio.run(work(manager, params, user))
     except PluginError as exc:
         if exc.stderr:
-            sys.stderr.write(exc.stderr if exc.stderr.endswith("\n") else exc.stderr + "\n")
+            sys.stderr.write(terminal_safe(exc.stderr if exc.stderr.endswith("\n") else exc.stderr + "\n"))
         if args.debug and exc.plugin_traceback:
-            sys.stderr.write(exc.plugin_traceback)
+            sys.stderr.write(terminal_safe(exc.plugin_traceback))
         raise
     finally:
         manager.router.close()
@@ -63,11 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The plugin's own output goes to stderr so stdout stays the result alone.
     for label, text in (("stdout", out.stdout), ("stderr", out.stderr)):
         if text:
-            sys.stderr.write(f"--- plugin {label} ---\n{text}" + ("" if text.endswith("\n") else "\n"))
+            sys.stderr.write(terminal_safe(f"--- plugin {label} ---\n{text}" + ("" if text.endswith("\n") else "\n")))
     for w in out.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    result = out.result
-    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+        print(terminal_safe(f"warning: {w}"), file=sys.stderr)
+    result = out.result  # (JSON escapes control characters itself)
+    print(terminal_safe(result) if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -87,7 +88,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         if args.run or args.result_json is not None:
             raise
         raise CliError(f"{exc} (templates usually use the plugin's result: pass --run or --result-json)") from exc
-    print(rendered)
+    print(terminal_safe(rendered))
     return 0
 
 

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 
-from ._cli_common import CliError
+from ._cli_common import CliError, terminal_safe
 from ._version import __version__
 
 
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - every error becomes one line unless --debug
             if args.debug:
                 traceback.print_exc()
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {terminal_safe(_one_line(exc))}", file=sys.stderr)
             if not args.debug and not isinstance(exc, CliError) and not _is_karen_error(exc):
                 print("(run with --debug for the traceback)", file=sys.stderr)
             return exc.exit_code if isinstance(exc, CliError) else 1

@@ -290,3 +290,31 @@ def test_progress_on_a_terminal(plugin_dir: Path, capsys: pytest.CaptureFixture[
     monkeypatch.setattr(_cli_run.subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 0))
     code, _, err = run_cli(capsys, "install", "x-pkg")
     assert code == 0 and err.startswith("installing x-pkg into ")
+
+
+def test_plugin_text_cannot_drive_the_operators_terminal(
+    plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escape sequences a plugin prints, raises or returns show as text: no title, clipboard (OSC 52) or screen control."""
+    ansi = plugin_dir / "examples" / "ansi"
+    ansi.mkdir()
+    manifest = json.loads((plugin_dir / "examples" / "hello" / "plugin_manifest.json").read_text())
+    (ansi / "plugin_manifest.json").write_text(json.dumps({**manifest, "intent": "ansi", "required_roles": []}))
+    (ansi / "handler.py").write_text(
+        "import sys\n"
+        "def run(params):\n"
+        "    print('title \\x1b]0;PWNED\\x07 bidi \\u202e')\n"
+        "    print('clip \\x1b]52;c;ZXZpbA==\\x07 cr \\rfake', file=sys.stderr)\n"
+        "    if params.get('fail'):\n"
+        "        raise RuntimeError('clear \\x1b[2J')\n"
+        "    return 'red \\x1b[31m'\n"
+    )
+    monkeypatch.setenv("KAREN_LOAD_PLUGINS", "ansi")
+    code, out, err = run_cli(capsys, "run", "ansi")
+    assert code == 0, err
+    for text in (out, err):
+        assert "\x1b" not in text and "\r" not in text and "\u202e" not in text
+    assert out == "red \\x1b[31m\n"
+    assert "title \\x1b]0;PWNED\\x07 bidi \\u202e" in err and "clip \\x1b]52;c;ZXZpbA==\\x07 cr \\x0dfake" in err
+    code, out, err = run_cli(capsys, "run", "ansi", "--param", "fail=1")
+    assert code == 1 and "\x1b" not in err and "error: plugin 'ansi' failed: RuntimeError: clear \\x1b[2J" in err
