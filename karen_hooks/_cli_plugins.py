@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from . import hookspecs
-from ._cli_common import CliError, open_router, print_json, print_table
+from ._cli_common import CliError, open_router, print_json, print_table, terminal_safe
 from ._loader import find_entry_points
 from ._models import LoadProblem, PluginInfo
 from ._rbac import required_roles
@@ -97,6 +97,10 @@ def _requirements() -> list[str]:
     return sorted(reqs, key=str.lower)
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.requirements:
         for line in _requirements():
@@ -158,18 +162,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(record)
         return 0
+    def say(line: str) -> None:  # plugin-supplied text: one line per field, control characters escaped
+        print(terminal_safe(line))
+
     for key in ("name", "version", "distribution", "kind", "category", "target", "path", "trusted", "sandbox", "ui_trusted"):
         value = record[key]
         if value is not None:
-            print(f"{key}: {'yes' if value is True else 'no' if value is False else value}")
+            say(f"{key}: {'yes' if value is True else 'no' if value is False else value}")
     hooks = record["hooks"]
-    print(f"hooks: {', '.join(hooks) if hooks is not None else '(not inspected: runs only in the sandbox)'}")
+    say(f"hooks: {', '.join(hooks) if hooks is not None else '(not inspected: runs only in the sandbox)'}")
     print("intents:")
     for it in record["intents"]:
-        print(f"  {it['name']}: {it['description'] or '(no description)'}")
-        print(f"    required roles: {', '.join(it['required_roles']) or '(any)'}")
+        say(f"  {it['name']}: {_one_line(it['description']) or '(no description)'}")
+        say(f"    required roles: {', '.join(it['required_roles']) or '(any)'}")
         if it["examples"]:
-            print(f"    examples: {'; '.join(it['examples'])}")
+            say(f"    examples: {'; '.join(_one_line(e) for e in it['examples'])}")
         props = (it["params"] or {}).get("properties") or {}
         if props:
             required = set((it["params"] or {}).get("required") or [])
@@ -177,7 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 kind = schema.get("type") or ("enum" if "enum" in schema else "any")
                 default = f" = {schema['default']!r}" if "default" in schema else ""
                 flag = " (required)" if pname in required else ""
-                print(f"    --param {pname}=<{kind}>{default}{flag}  {schema.get('description', '')}".rstrip())
+                say(f"    --param {pname}=<{kind}>{default}{flag}  {_one_line(schema.get('description', ''))}".rstrip())
     return 0
 
 

@@ -299,7 +299,8 @@ def test_plugin_text_cannot_drive_the_operators_terminal(
     ansi = plugin_dir / "examples" / "ansi"
     ansi.mkdir()
     manifest = json.loads((plugin_dir / "examples" / "hello" / "plugin_manifest.json").read_text())
-    (ansi / "plugin_manifest.json").write_text(json.dumps({**manifest, "intent": "ansi", "required_roles": []}))
+    (ansi / "plugin_manifest.json").write_text(json.dumps({**manifest, "intent": "ansi", "required_roles": [],
+                                                           "description": "desc \x1b[2J\nname: forged"}))
     (ansi / "handler.py").write_text(
         "import sys\n"
         "def run(params):\n"
@@ -318,3 +319,6 @@ def test_plugin_text_cannot_drive_the_operators_terminal(
     assert "title \\x1b]0;PWNED\\x07 bidi \\u202e" in err and "clip \\x1b]52;c;ZXZpbA==\\x07 cr \\x0dfake" in err
     code, out, err = run_cli(capsys, "run", "ansi", "--param", "fail=1")
     assert code == 1 and "\x1b" not in err and "error: plugin 'ansi' failed: RuntimeError: clear \\x1b[2J" in err
+    code, out, err = run_cli(capsys, "plugins", "info", "ansi")  # a description cannot forge a field either
+    assert code == 0 and "\x1b" not in out and "  ansi: desc \\x1b[2J name: forged" in out
+    assert [line for line in out.splitlines() if line.startswith("name:")] == ["name: ansi"]
