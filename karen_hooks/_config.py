@@ -63,6 +63,7 @@ class Limits(BaseModel):
     stdout_bytes: int = Field(1 << 20, gt=0)
     stderr_bytes: int = Field(1 << 20, gt=0)
     reply_bytes: int = Field(4 << 20, gt=0)
+    memory_write_bytes: int = Field(1 << 20, gt=0)
 
 
 class PluginSettings(BaseModel):

@@ -106,6 +106,7 @@ class _Exchange:
         self.eof = False
         self.stdout = ""
         self.stderr = ""
+        self.memory_written = 0  # bytes of ctx.memory.write arguments taken so far
 
 
 def _send_some(sock: socket.socket, outbuf: bytearray) -> None:
@@ -121,7 +122,7 @@ def _send_some(sock: socket.socket, outbuf: bytearray) -> None:
 
 def _drive(
     ch: _Channel, request: bytes, limits: Limits, memory: MemoryBridge | None,
-    loop: asyncio.AbstractEventLoop | None, deadline: float,
+    loop: asyncio.AbstractEventLoop | None, deadline: float, plugin: str,
 ) -> _Exchange:
     """Send ``request`` (unless it went with the activation) and pump the channel until a reply,
     a limit, a crash or the deadline."""
@@ -190,7 +191,8 @@ def _drive(
                             ex.reply = msg
                         elif op == "memory" and ex.reply is None:
                             rpcs += 1
-                            answer = (_memory_rpc(msg, memory, loop, deadline) if rpcs <= _MAX_MEMORY_RPCS else
+                            answer = ((_over_write_budget(msg, ex, limits, plugin)
+                                       or _memory_rpc(msg, memory, loop, deadline)) if rpcs <= _MAX_MEMORY_RPCS else
                                       {"ok": False, "error": f"more than {_MAX_MEMORY_RPCS} memory calls in one call"})
                             outbuf += encode(answer)
                             if not want_write:
@@ -223,6 +225,27 @@ def _drive(
         if want_write and ch.sock_open:
             with contextlib.suppress(Exception):
                 sel.modify(ch.sock, selectors.EVENT_READ)
+
+
+def _over_write_budget(msg: dict[str, Any], ex: _Exchange, limits: Limits, plugin: str) -> dict[str, Any] | None:
+    """The refusal of a ``ctx.memory.write`` past this call's ``memory_write_bytes``, or ``None`` (counted).
+
+    Memory records land in the host's database: without a budget, one call could
+    write its RPC cap times the frame cap (gigabytes).
+    """
+    if msg.get("method") != "write":
+        return None
+    try:
+        size = len(json.dumps([msg.get("args"), msg.get("kwargs")], separators=(",", ":")))
+    except (TypeError, ValueError):
+        return None  # refused by the write itself
+    if ex.memory_written + size > limits.memory_write_bytes:
+        return {"ok": False, "error": (
+            f"memory write refused: this call has written {ex.memory_written} bytes of records and this one is "
+            f"{size}; the limit is memory_write_bytes = {limits.memory_write_bytes} per call (if the plugin needs "
+            f"more, raise plugins.{plugin}.limits.memory_write_bytes)")}
+    ex.memory_written += size
+    return None
 
 
 def _memory_rpc(msg: dict[str, Any], memory: MemoryBridge | None, loop: asyncio.AbstractEventLoop | None,

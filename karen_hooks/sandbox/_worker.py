@@ -126,7 +126,8 @@ class _Worker:
         deadline = time.monotonic() + self.limits.wall_seconds
         try:
             pre, self.pre = self.pre, b""
-            ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline)
+            ex = _drive(self.ch, pre + (b"" if inline is not None else encoded), self.limits, memory, loop, deadline,
+                        self.spec.name)
         except BaseException:  # never reuse a worker whose exchange broke half-way
             self.retire(background=True, reason="cleanup")
             raise

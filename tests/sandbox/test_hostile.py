@@ -439,6 +439,26 @@ def test_memory_call_flood_is_capped(executor):
     assert Bridge.calls == 1000
 
 
+def test_memory_writes_are_capped_per_call(executor):
+    """ctx.memory writes land in the host's database: 1,000 calls of 4 MiB each would be 4 GB per call."""
+
+    class Bridge:
+        written = 0
+
+        def write(self, query, payload, ttl_seconds=None):
+            Bridge.written += len(payload)
+            return {"id": "r"}
+
+    r = run(executor, "memory_fill", memory=Bridge(), n=40, kb=100).result  # 4 MB asked for
+    assert Bridge.written <= Limits().memory_write_bytes
+    assert r["stored"] == Bridge.written // (100 << 10) and r["stored"] >= 9, r
+    assert "memory_write_bytes" in r["refused"] and "raise plugins" in r["refused"], r
+    Bridge.written = 0
+    r = run(executor, "memory_fill", memory=Bridge(), limits=Limits(memory_write_bytes=8 << 20), n=40, kb=100).result
+    assert r == {"stored": 40, "refused": ""}, r  # the operator can allow more
+    still_serves(executor)
+
+
 def _memory_contains(pid: int, needle: bytes) -> bool:
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
         for line in maps:

@@ -270,6 +270,18 @@ def act_memory_flood(p, ctx):
     return errors
 
 
+def act_memory_fill(p, ctx):
+    """Write ``n`` records of ``kb`` KiB each to ctx.memory (into the host's database); report how many were taken."""
+    stored, refused = 0, ""
+    for i in range(p["n"]):
+        try:
+            ctx.memory.write(f"fill {i}", "x" * (p["kb"] << 10))
+            stored += 1
+        except Exception as exc:  # noqa: BLE001
+            refused = str(exc)
+    return {"stored": stored, "refused": refused}
+
+
 def act_forge_limit(p, ctx):
     # a valid frame that lies about the result kind
     body = json.dumps({"op": "result", "ok": False, "kind": "limit", "limit": "not-a-limit"}).encode()
