@@ -26,7 +26,7 @@ LAYERS: dict[str, str] = {
     "uid": "a dedicated unprivileged uid per slot: RLIMIT_NPROC bites, no signals to the host",
     "netns": "a private network namespace: no route to any host or 127.0.0.1",
     "seccomp": ("socket(), new namespaces (unshare, setns, clone flags; clone3 is ENOSYS) and dangerous "
-                "syscalls (ptrace, mount, bpf, io_uring, ...) fail with EPERM"),
+                "syscalls (ptrace, mount, bpf, io_uring, System V IPC, ...) fail with EPERM"),
     "landlock_fs": "only the plugin's own files, Python and its work dir are reachable",
     "landlock_net": "TCP bind/connect denied",
     "landlock_scope": "no signals or abstract unix sockets outside the sandbox",

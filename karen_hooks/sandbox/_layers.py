@@ -50,6 +50,11 @@ DENIED_SYSCALLS = (
     "io_uring_enter", "io_uring_register", "acct", "swapon", "swapoff", "reboot", "syslog",
     "iopl", "ioperm", "quotactl", "fsopen", "fsmount", "open_tree", "move_mount", "fspick",
     "personality", "lookup_dcookie", "vmsplice",
+    # System V IPC and POSIX message queues: objects that outlive every process of the call,
+    # its cgroup and the host, which any later call (of any tenant) could open by key
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop",
+    "semtimedop", "semctl", "ipc", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+    "mq_getsetattr",
 )  # fmt: skip
 
 #: ``clone()`` flags that make a namespace: denied (EPERM) like ``unshare``. A user

@@ -285,6 +285,15 @@ def test_no_new_namespaces_through_clone_or_clone3(executor, layers):
     still_serves(executor)
 
 
+def test_no_system_v_ipc_or_posix_message_queues(executor, layers):
+    """A SysV segment outlives its call, its cgroup and the host, and any later call of any tenant can attach it."""
+    need(layers, "seccomp")
+    r = run(executor, "sysv_ipc").result
+    assert r == {"shmget": "Operation not permitted", "msgget": "Operation not permitted",
+                 "semget": "Operation not permitted", "mq_open": "Operation not permitted"}, r
+    still_serves(executor)
+
+
 def _proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as fh:
         return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)

@@ -464,3 +464,29 @@ def act_deep_result(p, ctx):
     for _ in range(p["depth"]):
         x = [x]
     return x
+
+
+def act_sysv_ipc(p, ctx):
+    """System V shared memory, message queues and semaphores outlive every process (and the host): try each."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = {}
+    for name, call in (("shmget", lambda: libc.shmget(0x4B41524E, 1 << 20, 0o1000 | 0o666)),
+                       ("msgget", lambda: libc.msgget(0x4B41524E, 0o1000 | 0o666)),
+                       ("semget", lambda: libc.semget(0x4B41524E, 1, 0o1000 | 0o666))):
+        ret = call()
+        out[name] = "created" if ret >= 0 else os.strerror(ctypes.get_errno())
+    out["mq_open"] = _posix_mq(libc)
+    return out
+
+
+def _posix_mq(libc):
+    import ctypes
+
+    libc.mq_open.restype = ctypes.c_int
+    fd = libc.mq_open(b"/karen-hostile", os.O_CREAT | os.O_RDWR, 0o666, None)
+    if fd >= 0:
+        libc.mq_unlink(b"/karen-hostile")
+        return "created"
+    return os.strerror(ctypes.get_errno())
