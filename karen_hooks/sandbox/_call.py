@@ -190,11 +190,21 @@ def _drive(
                         if op == "result" and ex.reply is None:
                             ex.reply = msg
                         elif op == "memory" and ex.reply is None:
+                            # one read can hold a thousand calls: the deadline counts between them
+                            if time.monotonic() >= deadline:
+                                ex.timed_out = True
+                                return ex
+                            # the proxy reads each answer before its next call: unread answers
+                            # beyond a reply's worth can only be a plugin filling the host's memory
+                            if len(outbuf) > limits.reply_bytes:
+                                ex.protocol_error = (f"it sent memory calls without reading their answers (more "
+                                                     f"than {limits.reply_bytes} bytes of answers unread)")
+                                return ex
                             rpcs += 1
                             answer = ((_over_write_budget(msg, ex, limits, plugin)
                                        or _memory_rpc(msg, memory, loop, deadline)) if rpcs <= _MAX_MEMORY_RPCS else
                                       {"ok": False, "error": f"more than {_MAX_MEMORY_RPCS} memory calls in one call"})
-                            outbuf += encode(answer)
+                            outbuf += _answer_frame(answer, limits)
                             if not want_write:
                                 sel.modify(ch.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
                                 want_write = True
@@ -225,6 +235,20 @@ def _drive(
         if want_write and ch.sock_open:
             with contextlib.suppress(Exception):
                 sel.modify(ch.sock, selectors.EVENT_READ)
+
+
+def _answer_frame(answer: dict[str, Any], limits: Limits) -> bytes:
+    """A memory answer as a frame; one larger than a reply may be is an error answer instead."""
+    try:
+        frame = encode(answer)
+    except FrameTooLargeError as exc:
+        size = exc.size
+    else:
+        if len(frame) <= limits.reply_bytes:
+            return frame
+        size = len(frame)
+    return encode({"ok": False, "error": (f"memory answer of {size} bytes is over the reply_bytes cap "
+                                          f"({limits.reply_bytes}); ask for fewer or smaller records")})
 
 
 def _over_write_budget(msg: dict[str, Any], ex: _Exchange, limits: Limits, plugin: str) -> dict[str, Any] | None:

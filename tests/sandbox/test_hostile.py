@@ -468,6 +468,45 @@ def test_memory_writes_are_capped_per_call(executor):
     still_serves(executor)
 
 
+def test_memory_calls_cannot_outrun_the_wall_time(executor):
+    """A thousand memory calls in one write, each slow to serve: the deadline is checked between them."""
+
+    class Slow:
+        def read(self, query, limit=5):
+            time.sleep(0.02)
+            return []
+
+    t = time.monotonic()
+    with pytest.raises(PluginTimeout):
+        run(executor, "memory_burst", memory=Slow(), limits=Limits(wall_seconds=1), n=1000, sleep=30)
+    assert time.monotonic() - t < 4  # served one by one, they would take 20 s
+    still_serves(executor)
+
+
+def test_unread_memory_answers_cannot_fill_the_host(executor):
+    """Memory calls whose answers the plugin never reads are refused once a reply's worth is waiting."""
+
+    class Big:
+        def read(self, query, limit=5):
+            return ["x" * 10_000]
+
+    t = time.monotonic()
+    with pytest.raises(SandboxError, match="without reading"):  # 100,000 answers would be 1 GB in the host
+        run(executor, "memory_burst", memory=Big(), limits=Limits(reply_bytes=1 << 20), n=100_000, sleep=30)
+    assert time.monotonic() - t < 10
+    still_serves(executor)
+
+
+def test_a_memory_answer_larger_than_a_reply_is_an_error_to_the_plugin(executor):
+    class Huge:
+        def read(self, query, limit=5):
+            return ["x" * (2 << 20)]
+
+    r = run(executor, "memory_big_read", memory=Huge(), limits=Limits(reply_bytes=1 << 20)).result
+    assert "reply_bytes" in r["error"] and "fewer" in r["error"], r
+    still_serves(executor)
+
+
 def _memory_contains(pid: int, needle: bytes) -> bool:
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
         for line in maps:

@@ -490,3 +490,19 @@ def _posix_mq(libc):
         libc.mq_unlink(b"/karen-hostile")
         return "created"
     return os.strerror(ctypes.get_errno())
+
+
+def act_memory_burst(p, ctx):
+    """Send ``n`` memory calls in one write and never read an answer; then sleep ``sleep`` seconds."""
+    body = json.dumps({"op": "memory", "method": "read", "args": ["x"], "kwargs": {}}).encode()
+    frame = len(body).to_bytes(4, "big") + body
+    os.write(3, frame * p["n"])
+    time.sleep(p.get("sleep", 0))
+    return "not reached"
+
+
+def act_memory_big_read(p, ctx):
+    try:
+        return {"value": len(ctx.memory.read("x"))}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)}
