@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import secrets
-import shutil
 import socket
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
 from ._protocol import ProtocolError, encode
 from ._slots import _Slot, _system_read_paths, private_slot_dir, probe_tmpfs
+from ._tree import remove_tree
 from ._worker import _Worker
 from ._zygote_handle import _Zygote
 
@@ -376,7 +376,7 @@ class SandboxExecutor:
                 with contextlib.suppress(OSError):
                     _host_layers.umount(slot.tmpfs)
         self._cgroups.remove()
-        shutil.rmtree(self._base, ignore_errors=True)
+        remove_tree(self._base)
         with self._lock:
             for fd in self._rulesets.values():
                 with contextlib.suppress(OSError):

@@ -10,6 +10,7 @@ import os
 import signal
 
 from ._layers import _errcheck, _libc
+from ._tree import remove_tree
 
 
 def _own_cgroup(controller: str) -> str | None:
@@ -294,7 +295,6 @@ def sweep_stale(tmp_root: str, cgroup_roots: list[str]) -> int:
     only resources whose host is gone are touched. Returns how many were removed.
     """
     import re
-    import shutil
 
     name = re.compile(r"^karen-sandbox-(\d+)-")
     removed = 0
@@ -317,7 +317,7 @@ def sweep_stale(tmp_root: str, cgroup_roots: list[str]) -> int:
             if mp.startswith(base + "/"):
                 with contextlib.suppress(OSError):
                     umount(mp)
-        shutil.rmtree(base, ignore_errors=True)
+        remove_tree(base)
         removed += 1
     for root in cgroup_roots:
         try:

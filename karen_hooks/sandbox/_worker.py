@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from . import _slots
 from ._call import _Channel, _drive, _Exchange, _fail, _from_reply
 from ._protocol import encode
 from ._slots import _Slot
+from ._tree import remove_tree
 
 if TYPE_CHECKING:
     from ._executor import SandboxExecutor
@@ -197,8 +197,24 @@ class _Worker:
         self._finish()
 
     def _finish(self) -> None:
+        """Wait for the call's processes, empty its cgroup, remove its work dir, free the slot.
+
+        Often run on a cleaner thread, where an exception would vanish with the slot:
+        anything unexpected is logged and the slot retired (never reused half-clean).
+        """
+        slot: _Slot | None
+        try:
+            slot = self._clean(self.slot)
+        except Exception:  # noqa: BLE001 - logged; the slot is not reused
+            log.exception("sandbox slot %d could not be cleaned after call %s; it is retired", self.slot.index,
+                          self.id)
+            slot = None
+        if slot is not None:
+            self.ex._release_slot(slot)
+
+    def _clean(self, slot: _Slot | None) -> _Slot | None:
+        """The cleanup of :meth:`_finish`; returns the slot if it may be reused."""
         zyg = getattr(self, "zyg", None)
-        slot: _Slot | None = self.slot
         if slot is not None and slot.cg is not None:
             if zyg is not None and self.started:
                 # the call's process was SIGKILLed (or is exiting): wait for the zygote's report
@@ -211,10 +227,13 @@ class _Worker:
             zyg.wait_for(self.id, "exited", _EXIT_WAIT)
         if zyg is not None:
             zyg.forget(self.id)
-        if self.workdir_host:
-            shutil.rmtree(self.workdir_host, ignore_errors=True)
-        if slot is not None:
-            self.ex._release_slot(slot)
+        # the plugin built what is in there (thousands of nested dirs, say); what cannot be
+        # removed could be read by the slot's next call, so the slot is not reused then
+        if self.workdir_host and not remove_tree(self.workdir_host) and slot is not None:
+            log.error("sandbox slot %d: work dir %s could not be removed; the slot is retired", slot.index,
+                      self.workdir_host)
+            slot = None
+        return slot
 
 
 def _kill_reason(ex: _Exchange, err: Exception) -> str:

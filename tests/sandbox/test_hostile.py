@@ -148,6 +148,21 @@ def test_many_small_files_fill_only_the_work_dir(executor, layers):
 # -- output and replies -----------------------------------------------------------------
 
 
+def test_a_work_dir_nested_thousands_deep_is_removed_and_the_slot_reused():
+    """shutil.rmtree ran out of stack on it: the slot was lost for good (background cleanup) or the call
+    raised a bare RecursionError (a failed call), and close() left the slot's tmpfs mounted."""
+    from karen_hooks.sandbox import SandboxExecutor
+
+    with SandboxExecutor(slots=1) as ex:
+        for _ in range(3):  # one slot: each call needs the previous one's cleanup to have freed it
+            assert run(ex, "deep_dirs", depth=3000).result == {"depth": 3000}
+        with pytest.raises(PluginTimeout):  # a failed call cleans up inline
+            run(ex, "deep_dirs", depth=3000, sleep=30, limits=Limits(wall_seconds=1))
+        still_serves(ex)
+        base = ex._base
+    assert not os.path.exists(base)
+
+
 def test_gigabyte_to_stdout_costs_the_host_only_the_cap(executor):
     t = time.monotonic()
     with pytest.raises(LimitExceeded) as ei:

@@ -506,3 +506,18 @@ def act_memory_big_read(p, ctx):
         return {"value": len(ctx.memory.read("x"))}
     except Exception as exc:  # noqa: BLE001
         return {"error": str(exc)}
+
+
+def act_deep_dirs(p, ctx):
+    """Directories nested ``depth`` deep in the work dir (a recursive cleanup runs out of stack on them)."""
+    n = 0
+    try:
+        for _ in range(p.get("depth", 3000)):
+            os.mkdir("d")
+            os.chdir("d")
+            n += 1
+    except OSError as exc:
+        return {"depth": n, "error": str(exc)}
+    if p.get("sleep"):
+        time.sleep(p["sleep"])
+    return {"depth": n}
