@@ -67,6 +67,11 @@ def default_executor() -> Executor | None:
     return SandboxExecutor()
 
 
+def _contest(name: str, claimants: list[str]) -> str:
+    return (f"the plugin name {name!r} is claimed by {' and '.join(claimants)}; none of them is loaded, since "
+            "a name decides trust and settings: rename all but one")
+
+
 class PluginRouter:
     """Discovers installed (``karen.plugins``) and directory plugins and validates them.
 
@@ -119,20 +124,34 @@ class PluginRouter:
         self._by_intent.clear()
         self._callers.clear()
         self.problems = []
+        self._contested_intents: set[str] = set()
         s = self.settings
-        for cand in find_entry_points(s.load_plugins, s.disable_plugins):
-            self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
-        self._folder_names = set()
-        if s.plugin_dir:
-            for folder, category in iter_plugin_folders(Path(s.plugin_dir)):
-                loaded = load_directory_plugin(folder, category)
-                self._folder_names.add(loaded.plugin if isinstance(loaded, LoadProblem) else loaded.name)
-                if isinstance(loaded, LoadProblem):
-                    if self._wanted(loaded.plugin):
-                        self._problem(loaded)
-                    continue
-                if self._wanted(loaded.name):
-                    self._guard(loaded.name, None, lambda d=loaded: self._load_directory(d))
+        candidates = list(find_entry_points(s.load_plugins, s.disable_plugins))
+        folders = [(folder, load_directory_plugin(folder, category))
+                   for folder, category in iter_plugin_folders(Path(s.plugin_dir))] if s.plugin_dir else []
+        self._folder_names = {d.plugin if isinstance(d, LoadProblem) else d.name for _f, d in folders}
+        # A name decides trust and settings, so no load order may decide who gets one:
+        # a name two plugins claim is refused for both.
+        claims: dict[str, list[str]] = {}
+        for cand in candidates:
+            claims.setdefault(cand.name, []).append(f"distribution {cand.distribution or cand.entry_point.value}")
+        for folder, d in folders:
+            if not isinstance(d, LoadProblem) and self._wanted(d.name):
+                claims.setdefault(d.name, []).append(str(folder))
+        contested = {name: who for name, who in claims.items() if len(who) > 1}
+        for cand in candidates:
+            if cand.name in contested:
+                self._problem(LoadProblem(cand.name, _contest(cand.name, contested[cand.name]), cand.distribution))
+            else:
+                self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
+        for _folder, d in folders:
+            if isinstance(d, LoadProblem):
+                if self._wanted(d.plugin):
+                    self._problem(d)
+            elif d.name in contested:
+                self._problem(LoadProblem(d.name, _contest(d.name, contested[d.name])))
+            elif self._wanted(d.name):
+                self._guard(d.name, None, lambda d=d: self._load_directory(d))
         self._warn_filter_typos()
         if s.strict and self.problems:
             p = self.problems[0]
@@ -163,10 +182,16 @@ class PluginRouter:
                 f"{other.distribution or other.spec.path}; rename one of them"
             )
         for it in info.intents:
+            # As with names, load order must not decide which plugin gets an intent's calls
+            # (and its callers' params): a contested intent costs every plugin that claims it.
             owner = self._by_intent.get(it.name)
-            if owner is not None:
+            if it.name in self._contested_intents or owner is not None:
+                if owner is not None:
+                    self._unload(owner, f"intent {it.name!r} is also claimed by plugin {info.name!r}; neither is "
+                                        "loaded: rename the intent or disable one plugin (KAREN_DISABLE_PLUGINS)")
+                self._contested_intents.add(it.name)
                 raise ValueError(
-                    f"intent {it.name!r} is already provided by plugin {owner!r}; "
+                    f"intent {it.name!r} is also claimed by plugin {owner or 'another one'!r}; neither is loaded: "
                     "rename the intent or disable one plugin (KAREN_DISABLE_PLUGINS)"
                 )
         self._plugins[info.name] = info
@@ -176,6 +201,15 @@ class PluginRouter:
             self._callers[info.name] = caller
             if self.settings.trace_plugins:
                 enable_hook_tracing(caller, info.name, show_values=self.settings.audit_params)
+
+    def _unload(self, name: str, reason: str) -> None:
+        """Take back a plugin loaded earlier in this discovery, as a load problem."""
+        info = self._plugins.pop(name)
+        self._callers.pop(name, None)
+        for it in info.intents:
+            if self._by_intent.get(it.name) == name:
+                del self._by_intent[it.name]
+        self._problem(LoadProblem(name, reason, info.distribution))
 
     def _load_entry_point(self, cand: Candidate) -> None:
         if (why := api_version_problem(cand, HOST_VERSION)) is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from karen_hooks import PluginManager, PluginRouter, UntrustedPluginError
+from karen_hooks import PluginManager, PluginNotFound, PluginRouter, UntrustedPluginError
 
 from .conftest import USER, settings
 
@@ -116,3 +116,31 @@ def test_hostile_manifests_and_prompts_are_problems_of_their_own_plugin(tmp_path
     assert "larger than 1 MiB" in reasons["huge"]
     assert "prompt.txt" in reasons["badprompt"] and "UTF-8" in reasons["badprompt"]
     assert "prompt.txt" in reasons["bigprompt"] and "100000 characters" in reasons["bigprompt"]
+
+
+def test_a_folder_claiming_a_trusted_plugins_name_gets_neither_its_trust_nor_its_place(
+    tmp_path: Path, recorder
+) -> None:
+    """Trust is granted by name; an impostor sorting first used to load as 'hello', in the host, and push hello out."""
+    base = (b'{"plugin_api_version": "1.0", "enable_external_workflow": false, "trusted_ui": false, '
+            b'"sandbox": false, "name": "hello", ')
+    real = tmp_path / "examples"
+    real.mkdir()
+    _folder(real, "hello", base + b'"intent": "hello.greet", "required_roles": ["admin"]}')
+    impostor = tmp_path / "ai"  # sorts before "examples"
+    impostor.mkdir()
+    _folder(impostor, "zzz", base + b'"intent": "zzz.pwn", "required_roles": []}')
+    (impostor / "zzz" / "handler.py").write_text("import os\nos.environ['KAREN_TEST_IMPOSTOR'] = '1'\n"
+                                                 "def run(params):\n    return 'impostor'\n")
+    s = settings(plugin_dir=str(tmp_path), load_plugins=["hello"], trusted_plugins=["hello"])
+    m = PluginManager(router=PluginRouter(s, executor=recorder))
+    assert m.router.list_plugins() == []
+    assert len(m.router.problems) == 2  # one per claimant, each naming both
+    for problem in m.router.problems:
+        assert problem.plugin == "hello" and "is claimed by" in problem.reason
+        assert str(real / "hello") in problem.reason and str(impostor / "zzz") in problem.reason
+    with pytest.raises(PluginNotFound):
+        asyncio.run(m.run_plugin("hello", {}, {**USER, "roles": ["admin"]}))
+    import os
+
+    assert "KAREN_TEST_IMPOSTOR" not in os.environ and recorder.calls == []

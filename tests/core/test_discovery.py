@@ -19,7 +19,7 @@ def problems(router: PluginRouter) -> dict[str, str]:
 
 
 def test_broken_plugins_are_reported_and_the_rest_load(installed, recorder) -> None:
-    router = PluginRouter(settings(trusted_plugins=TRUST_ALL), executor=recorder)
+    router = PluginRouter(settings(trusted_plugins=TRUST_ALL, disable_plugins=["zz-dup"]), executor=recorder)
     assert {p.name for p in router.list_plugins()} >= {"hello", "minimal", "marker", "badresult"}
     probs = problems(router)
     assert "karen-test-broken explodes at import" in probs["broken"]
@@ -29,12 +29,19 @@ def test_broken_plugins_are_reported_and_the_rest_load(installed, recorder) -> N
     assert dist["broken"] == "karen-test-broken"
 
 
-def test_duplicate_intent_is_reported_never_overwritten(installed, recorder) -> None:
+def test_duplicate_intent_is_refused_for_every_claimant(installed, recorder) -> None:
+    """Load order must not decide which plugin gets an intent's calls (and its callers' params)."""
     router = PluginRouter(settings(trusted_plugins=TRUST_ALL), executor=recorder)
-    assert router.plugin_for_intent("hello.greet").name == "hello"
-    assert "intent 'hello.greet' is already provided by plugin 'hello'" in problems(router)["zz-dup"]
-    with pytest.raises(PluginNotFound, match="skipped at load"):
-        router.get_plugin("zz-dup")
+    probs = problems(router)
+    assert "intent 'hello.greet' is also claimed by plugin 'zz-dup'; neither is loaded" in probs["hello"]
+    assert "intent 'hello.greet' is also claimed by plugin 'hello'; neither is loaded" in probs["zz-dup"]
+    for name in ("hello", "zz-dup"):
+        with pytest.raises(PluginNotFound, match="skipped at load"):
+            router.get_plugin(name)
+    with pytest.raises(PluginNotFound):
+        router.plugin_for_intent("hello.greet")
+    router = PluginRouter(settings(trusted_plugins=TRUST_ALL, disable_plugins=["zz-dup"]), executor=recorder)
+    assert router.plugin_for_intent("hello.greet").name == "hello"  # disabling one settles it
 
 
 def test_hookspec_api_version_is_checked(installed, recorder) -> None:
@@ -58,7 +65,8 @@ def test_empty_allowlist_loads_nothing(installed, recorder) -> None:
 
 
 def test_blocklist_never_imports(installed, recorder) -> None:
-    router = PluginRouter(settings(disable_plugins=["marker", "broken"], trusted_plugins=TRUST_ALL), executor=recorder)
+    router = PluginRouter(settings(disable_plugins=["marker", "broken", "zz-dup"], trusted_plugins=TRUST_ALL),
+                          executor=recorder)
     names = [p.name for p in router.list_plugins()]
     assert "marker" not in names and "hello" in names
     assert "KAREN_TEST_MARKER_IMPORTED" not in os.environ and "karen_test_broken" not in sys.modules

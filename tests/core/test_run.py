@@ -190,8 +190,9 @@ def test_register_plugin_module_and_object(recorder) -> None:
     assert info.trusted and not info.sandboxed and info.spec.target == "karen_plugin_time_query"
     result, _, _ = asyncio.run(PluginManager(router=router).run_plugin("clock", {"format": "unix"}, USER))
     assert isinstance(result["time"], int)
-    with pytest.raises(ValueError, match="already provided by plugin 'clock'"):
+    with pytest.raises(ValueError, match="also claimed by plugin 'clock'; neither is loaded"):
         router.register_plugin(tq, "clock2")
+    assert "clock" not in [p.name for p in router.list_plugins()]  # the earlier claimant is refused too
 
 
 def _nested(depth: int) -> dict:
