@@ -178,9 +178,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if it["examples"]:
             say(f"    examples: {'; '.join(_one_line(e) for e in it['examples'])}")
         props = (it["params"] or {}).get("properties") or {}
-        if props:
-            required = set((it["params"] or {}).get("required") or [])
+        if isinstance(props, dict) and props:
+            required = (it["params"] or {}).get("required") or []
+            required = {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
             for pname, schema in props.items():
+                schema = schema if isinstance(schema, dict) else {}  # (true/false are schemas too)
                 kind = schema.get("type") or ("enum" if "enum" in schema else "any")
                 default = f" = {schema['default']!r}" if "default" in schema else ""
                 flag = " (required)" if pname in required else ""
@@ -204,11 +206,16 @@ def _extra_checks(router: PluginRouter) -> list[LoadProblem]:
                 except RecursionError:
                     found.append(LoadProblem(info.name, f"intent {it.name!r}: params schema nests too deeply to check",
                                              info.distribution))
+                except Exception as exc:  # noqa: BLE001 - one plugin's unreadable schema must not end the check
+                    found.append(LoadProblem(info.name, f"intent {it.name!r}: params schema cannot be used: "
+                                             f"{type(exc).__name__}: {exc}", info.distribution))
         if info.prompt:
             try:
                 jinja2.Environment().parse(info.prompt)
             except jinja2.TemplateSyntaxError as exc:
                 found.append(LoadProblem(info.name, f"prompt template line {exc.lineno}: {exc.message}", info.distribution))
+            except RecursionError:
+                found.append(LoadProblem(info.name, "prompt template nests too deeply to parse", info.distribution))
     return found
 
 

@@ -43,6 +43,8 @@ class Intent(BaseModel):
         if v is None or isinstance(v, dict):
             if isinstance(v, dict) and v.get("type", "object") != "object":
                 raise ValueError('a JSON Schema for params must describe an object ("type": "object")')
+            if v is not None and not isinstance(v.get("$schema", ""), str):
+                raise ValueError('"$schema" must be a string: the URI of a JSON Schema dialect')
             if v is not None and nesting(v, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
                 raise ValueError(f"the JSON Schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep; "
                                  "flatten it (or use $defs and $ref)")

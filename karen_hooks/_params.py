@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 from pydantic import BaseModel, ValidationError
 
 from ._errors import InvalidParams
@@ -22,7 +24,9 @@ def _schema_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
         return hit[1]
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     cls.check_schema(schema)
-    validator = cls(schema)
+    # An empty registry: a $ref resolves only inside the schema itself. Without one, jsonschema
+    # fetches any other URI (file://, http://) from the host, for whoever wrote the schema.
+    validator = cls(schema, registry=referencing.Registry())
     _validators[id(schema)] = (schema, validator)
     return validator
 
@@ -57,10 +61,16 @@ def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
         raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": f"the plugin's params schema is invalid: {exc.message}"}]) from None
     except RecursionError:
         raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": "the plugin's params schema nests too deeply to check"}]) from None
+    except Exception as exc:  # noqa: BLE001 - jsonschema may fail in any way on a schema it cannot read
+        raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": f"the plugin's params schema cannot be used: {type(exc).__name__}: {str(exc)[:200]}"}]) from None
     try:
         errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     except RecursionError:  # a recursive schema ($ref) walking params nested thousands deep
         raise InvalidParams(plugin, intent.name, [{"field": "params", "problem": "nest too deeply to check; send flatter params"}]) from None
+    except referencing.exceptions.Unresolvable as exc:
+        raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": (
+            f"the plugin's params schema has a $ref to {str(getattr(exc, 'ref', ''))[:200]!r}, which is not in the "
+            "schema; only refs inside it (#/$defs/...) resolve")}]) from None
     if errors:
         raise InvalidParams(
             plugin,

@@ -322,3 +322,36 @@ def test_plugin_text_cannot_drive_the_operators_terminal(
     code, out, err = run_cli(capsys, "plugins", "info", "ansi")  # a description cannot forge a field either
     assert code == 0 and "\x1b" not in out and "  ansi: desc \\x1b[2J name: forged" in out
     assert [line for line in out.splitlines() if line.startswith("name:")] == ["name: ansi"]
+
+
+def test_malformed_schemas_and_prompts_are_problems_not_crashes(
+    plugin_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of these crashed `plugins check`, `plugins info` or `run` with an untyped error (and hid the rest)."""
+    manifest = json.loads((plugin_dir / "examples" / "hello" / "plugin_manifest.json").read_text())
+    cases = {
+        "schemalist": {"type": "object", "$schema": []},
+        "boolprop": {"type": "object", "properties": {"a": True}},
+        "reqint": {"type": "object", "required": 5},
+        "nowhere": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}},
+    }
+    for name, schema in [*cases.items(), ("deepprompt", None)]:
+        d = plugin_dir / "examples" / name
+        d.mkdir()
+        m = {**manifest, "intent": name, "required_roles": []}
+        m.pop("prompt", None)
+        if schema is not None:
+            m["params"] = schema
+        (d / "plugin_manifest.json").write_text(json.dumps(m))
+        (d / "handler.py").write_text("def run(params):\n    return 1\n")
+    (plugin_dir / "examples" / "deepprompt" / "prompt.txt").write_text("{{ " + "(" * 20000 + "1" + ")" * 20000 + " }}")
+    monkeypatch.setenv("KAREN_LOAD_PLUGINS", ",".join([*cases, "deepprompt", "hello"]))
+    code, out, err = run_cli(capsys, "plugins", "check")
+    assert code == 1 and "Traceback" not in err
+    assert '"$schema" must be a string' in out and "prompt template nests too deeply" in out
+    assert "reqint" in out and "5 is not of type 'array'" in out
+    for name in ("boolprop", "reqint"):
+        code, out, err = run_cli(capsys, "plugins", "info", name)
+        assert code == 0 and f"  {name}: " in out, err
+    code, _, err = run_cli(capsys, "run", "nowhere", "--param", "a=1")
+    assert code == 1 and err.startswith("error: invalid params for plugin 'nowhere'") and "$ref" in err

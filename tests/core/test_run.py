@@ -236,3 +236,44 @@ def test_a_trusted_result_nested_past_the_recursion_limit_is_invalid_result() ->
         x = [x]
     with pytest.raises(InvalidResult, match="nests too deeply"):
         ensure_json("deep", x)
+
+
+def test_a_params_schema_cannot_make_the_host_fetch_a_ref(tmp_path) -> None:
+    """jsonschema fetches a remote $ref by default: a plugin's schema could read host files or call URLs."""
+    import http.server
+    import threading
+
+    from karen_hooks import Intent
+    from karen_hooks._params import validate_params
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"enum": ["TOPSECRET-host-file"]}')
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"enum": ["from-the-network"]}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        for ref in (secret.as_uri(), f"http://127.0.0.1:{srv.server_port}/probe", "#/nowhere"):
+            it = Intent(name="x", params={"type": "object", "properties": {"a": {"$ref": ref}}})
+            with pytest.raises(InvalidParams) as ei:
+                validate_params("p", it, {"a": 1})
+            assert "TOPSECRET" not in str(ei.value) and "from-the-network" not in str(ei.value)
+            assert "$ref" in str(ei.value) and ref.lstrip("#") in str(ei.value)
+        assert hits == []
+        local = Intent(name="y", params={"type": "object", "$defs": {"n": {"type": "integer"}},
+                                         "properties": {"a": {"$ref": "#/$defs/n"}}})
+        assert validate_params("p", local, {"a": 1}) == {"a": 1}  # a local $ref still works
+        with pytest.raises(InvalidParams, match="a: 'x' is not of type 'integer'"):
+            validate_params("p", local, {"a": "x"})
+    finally:
+        srv.shutdown()
