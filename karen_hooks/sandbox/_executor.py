@@ -31,6 +31,7 @@ from .._models import PluginSpec
 from . import _host_layers, _layers
 from ._child import _reachable
 from ._doctor import LayerStatus, SandboxLayerWarning, statuses_from
+from ._pause import IdlePauser
 from ._protocol import ProtocolError, encode
 from ._slots import _Slot, _system_read_paths, private_slot_dir, probe_tmpfs
 from ._tree import remove_tree
@@ -122,6 +123,7 @@ class SandboxExecutor:
         self._describe_cache: dict[Any, dict[str, Any]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(self._nslots, thread_name_prefix="karen-sandbox")
         self._cleaner = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="karen-sandbox-cleanup")
+        self._pauser = IdlePauser()  # stops idle warm workers
         self._reported = False
         self._ll_abi = _layers.landlock_abi()
         self._rulesets: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
@@ -359,6 +361,7 @@ class SandboxExecutor:
                 return
             self._closed = True
             warm, self._warm = list(self._warm.values()), {}
+        self._pauser.close()
         for w in warm:
             w.retire()
         self._pool.shutdown(wait=False)

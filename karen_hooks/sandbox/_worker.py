@@ -16,6 +16,7 @@ from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
 from . import _slots
 from ._call import _Channel, _drive, _Exchange, _fail, _from_reply
+from ._pause import pause, resume
 from ._protocol import encode
 from ._slots import _Slot
 from ._tree import remove_tree
@@ -50,6 +51,8 @@ class _Worker:
         # a small first request travels with the activation message (one round trip less)
         self.first = first
         self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
+        self.paused = 0  # the pid of this warm worker while it is stopped between calls
+        self.generation = 0  # counts calls; an idle pause applies only if none came since
         self.started = False
         try:
             self._start(settings)
@@ -123,6 +126,10 @@ class _Worker:
         self.calls += 1
         inline, self.first = self.first, None
         cg = self.slot.cg
+        self.generation += 1  # a pause scheduled after the last call no longer applies
+        if self.paused:  # a warm worker, stopped since it went idle
+            resume(self.paused)
+            self.paused = 0
         deadline = time.monotonic() + self.limits.wall_seconds
         try:
             pre, self.pre = self.pre, b""
@@ -136,11 +143,10 @@ class _Worker:
             ok = ex.reply.get("ok") is True
             if not ok or self.calls >= self.max_calls:
                 self.retire(background=True)
-            elif cg is not None and self.mode == "warm":
-                # nothing the call started may outlive it, even though the worker stays
-                worker = self.zyg.wait_for(self.id, "started", 0)
-                if worker is None or not cg.kill_others(int(worker["pid"])):
-                    self.retire(background=True)  # leftovers could not be checked: no reuse
+            elif self.mode == "warm":
+                # nothing the call started may run on while no call is active, even though the
+                # worker stays: once idle for a moment it is stopped, the rest of the call killed
+                self.ex._pauser.schedule(self, self.generation)
             try:
                 result = _from_reply(self.spec.name, ex.reply, ex, hit)
             except BaseException:
@@ -161,6 +167,21 @@ class _Worker:
         err = _fail(self.spec.name, ex, info, hit, self.limits)
         self.retire(reason=_kill_reason(ex, err))
         raise err
+
+    def pause_if_idle(self, generation: int) -> None:
+        """Stop this warm worker if no call has used it since ``generation`` (see :mod:`._pause`)."""
+        if not self.lock.acquire(blocking=False):
+            return  # a call has it; it schedules another pause when it is done
+        try:
+            if self.dead or self.paused or generation != self.generation:
+                return
+            worker = self.zyg.wait_for(self.id, "started", 0)
+            if worker is not None and pause(int(worker["pid"]), self.slot.cg):
+                self.paused = int(worker["pid"])
+            else:
+                self.retire(background=True)  # not stopped, or leftovers unchecked: no reuse
+        finally:
+            self.lock.release()
 
     def retire(self, background: bool = False, reason: str | None = None) -> None:
         """Kill every process of this worker now; clean up (wait, unmount, free the slot) now or in background.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 
@@ -161,6 +162,34 @@ def test_warm_mode_daemon_does_not_outlive_its_call(executor, layers):
         threading.Event().wait(0.01)
     assert not alive(daemon)
     assert run(executor, "counter", settings=st).result == 2  # the worker itself survived
+
+
+def _cpu_ticks(pid: int) -> int:
+    from karen_hooks.sandbox._layers import proc_stat
+
+    st = proc_stat(pid)
+    assert st is not None, pid
+    return int(st[11]) + int(st[12])  # utime + stime of every thread
+
+
+def _children_of(pid: int) -> list[int]:
+    from karen_hooks.sandbox._layers import proc_stat
+
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and (st := proc_stat(e)) is not None
+            and st[1] == str(pid) and st[0] != "Z"]  # (a killed child stays a zombie until the worker resumes)
+
+
+def test_a_warm_worker_runs_nothing_between_calls(executor):
+    """Threads and children a warm call leaves behind used to keep burning CPU (and forking) with no call active."""
+    st = PluginSettings(mode="warm", warm_max_calls=50)
+    first = run(executor, "background_burner", settings=st).result
+    worker = first["pid"]
+    time.sleep(0.2)
+    before = _cpu_ticks(worker)
+    time.sleep(1.0)
+    assert _cpu_ticks(worker) == before  # stopped: not one tick in a second
+    assert _children_of(worker) == []  # the forked burners were killed
+    assert run(executor, "counter", settings=st).result == first["calls"] + 1  # the same worker, resumed
 
 
 def test_fork_mode_is_fresh_each_call(executor):

@@ -521,3 +521,25 @@ def act_deep_dirs(p, ctx):
     if p.get("sleep"):
         time.sleep(p["sleep"])
     return {"depth": n}
+
+
+def act_background_burner(p, ctx):
+    """Leave work running after the call: a thread that burns CPU and one that keeps forking CPU burners."""
+
+    def spawner():
+        while True:
+            pid = os.fork()
+            if pid == 0:
+                t = time.monotonic()
+                while time.monotonic() - t < 0.3:
+                    pass
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+    def burn():
+        while True:
+            pass
+
+    for target in (spawner, burn):
+        threading.Thread(target=target, daemon=True).start()
+    return {"pid": os.getpid(), "calls": STATE["calls"]}
