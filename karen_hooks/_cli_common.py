@@ -99,6 +99,8 @@ def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any
             loaded = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise CliError(f"--params-json is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CliError("--params-json nests too deeply") from None
         if not isinstance(loaded, dict):
             raise CliError(f"--params-json must be a JSON object, got {type(loaded).__name__}")
         params.update(loaded)
@@ -116,6 +118,8 @@ def parse_value(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+    except RecursionError:
+        raise CliError(f"{value[:40]}... nests too deeply") from None
 
 
 def user_context(user: str | None, roles: list[str] | None, tenant: str | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import referencing.exceptions
 from pydantic import BaseModel, ValidationError
 
 from ._errors import InvalidParams
+from ._jsondata import MAX_DATA_DEPTH, nesting
 from ._models import Intent
 
 _validators: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
@@ -42,6 +43,10 @@ def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
         params = params.model_dump(mode="json")
     if not isinstance(params, dict):
         raise InvalidParams(plugin, intent.name, [{"field": "params", "problem": f"must be an object, got {type(params).__name__}"}])
+    # the same bound as a sandbox's replies: deeper params would hit Python's recursion limit
+    # somewhere on their way (validation, encoding for the sandbox, templates), from any stack
+    if nesting(params, MAX_DATA_DEPTH) > MAX_DATA_DEPTH:
+        raise InvalidParams(plugin, intent.name, [{"field": "params", "problem": f"nest objects and arrays more than {MAX_DATA_DEPTH} deep"}])
     model = intent.params_model
     if model is not None:
         try:

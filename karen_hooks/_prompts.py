@@ -159,6 +159,8 @@ def _json_data(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
         raise TemplateError(f"{what} must be JSON data to be used in a prompt: {exc}") from None
+    except RecursionError:
+        raise TemplateError(f"{what} nests too deeply to be used in a prompt") from None
 
 
 def spec_template_root(spec: Any) -> str | None:

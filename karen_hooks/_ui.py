@@ -238,6 +238,8 @@ async def ui_component_for(
         result = json.loads(json.dumps(result))
     except (TypeError, ValueError) as exc:
         raise InvalidResult(info.name, f"the result passed to ui_component is not JSON data: {exc}") from None
+    except RecursionError:
+        raise InvalidResult(info.name, "the result passed to ui_component nests too deeply") from None
     ctx = manager._context(user, info, it)
     caller = manager.router._hook_caller(info.name)
     if caller is not None:

@@ -317,6 +317,8 @@ class SandboxExecutor:
             encoded = encode(request)  # validates once; the bytes are what goes on the wire
         except (TypeError, ValueError, ProtocolError) as exc:
             raise SandboxError(spec.name, f"call arguments are not JSON data: {exc}") from None
+        except RecursionError:
+            raise SandboxError(spec.name, "call arguments nest too deeply to send") from None
         if settings.mode != "warm":
             w = _Worker(self, spec, settings, limits, "fork", request if len(encoded) <= _INLINE_REQUEST else None)
             try:

@@ -355,3 +355,10 @@ def test_malformed_schemas_and_prompts_are_problems_not_crashes(
         assert code == 0 and f"  {name}: " in out, err
     code, _, err = run_cli(capsys, "run", "nowhere", "--param", "a=1")
     assert code == 1 and err.startswith("error: invalid params for plugin 'nowhere'") and "$ref" in err
+
+
+def test_params_nested_too_deep_are_one_error_line(plugin_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    for argv in (["--param", f"a={deep}"], ["--params-json", '{"a": ' + deep + "}"]):
+        code, out, err = run_cli(capsys, "run", "hello", *argv)
+        assert code == 1 and out == "" and "nests too deeply" in err and len(err.strip().splitlines()) == 1, err

@@ -223,7 +223,7 @@ def test_params_nested_thousands_deep_are_invalid_params_not_a_crash() -> None:
     for _ in range(5000):
         cur["a"] = {}
         cur = cur["a"]
-    with pytest.raises(InvalidParams, match="nest too deeply"):
+    with pytest.raises(InvalidParams, match="nest objects and arrays more than 100 deep"):
         validate_params("p", it, params)
     assert validate_params("p", it, {"a": {"b": {}}}) == {"a": {"b": {}}}
 
@@ -277,3 +277,16 @@ def test_a_params_schema_cannot_make_the_host_fetch_a_ref(tmp_path) -> None:
             validate_params("p", local, {"a": "x"})
     finally:
         srv.shutdown()
+
+
+def test_caller_data_nested_thousands_deep_is_a_typed_error_everywhere(manager) -> None:
+    """Params, a result for a prompt, a result for a UI component: each used to raise a bare RecursionError."""
+    deep: object = 1
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidParams, match="more than 100 deep"):
+        asyncio.run(manager.run_plugin("hello", {"name": deep}, USER, intent="hello.greet"))
+    from karen_hooks import TemplateError
+
+    with pytest.raises((TemplateError, InvalidParams), match="deep"):
+        asyncio.run(manager.render_prompt("hello", {"name": "x"}, USER, result=deep, intent="hello.greet"))
