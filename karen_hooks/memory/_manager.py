@@ -14,7 +14,7 @@ from .._config import Settings, load_settings
 from .._errors import AccessDenied, MemoryBackendError, TenantError
 from .._models import UserContext
 from ._backend import MemoryBackend
-from ._records import MemoryRecord, check_id
+from ._records import _CONTROL, MemoryRecord, check_id
 from ._select import open_backend
 
 log = logging.getLogger("karen_hooks.memory")
@@ -196,6 +196,8 @@ class MemoryManager:
     def delete(self, user_ctx: Any, record_id: str) -> bool:
         """Delete one of the caller's own records; ``False`` when there is no such record."""
         tenant, user = self.resolve(user_ctx)
+        if not isinstance(record_id, str) or _CONTROL.search(record_id):
+            return False  # no record has such an id (and a backend may not even take it)
         return self.backend.delete(tenant, record_id, user_id=user)
 
     def list_by_user(self, user_ctx: Any, limit: int = 50, *, user_id: str | None = None) -> list[MemoryRecord]:

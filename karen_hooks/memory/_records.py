@@ -26,7 +26,8 @@ MAX_TOKEN_LENGTH = 64
 # A "word" is a run of letters and digits (no underscore): the same split
 # SQLite's unicode61 tokenizer and PostgreSQL's "simple" parser make.
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# control characters, and lone surrogates (not text: no backend can store them as UTF-8)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def tokenize(text: str) -> list[str]:
@@ -63,7 +64,7 @@ def check_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TenantError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > MAX_ID_LENGTH or _CONTROL.search(value):
-        raise TenantError(f"{what} must be at most {MAX_ID_LENGTH} characters without control characters")
+        raise TenantError(f"{what} must be at most {MAX_ID_LENGTH} characters of text, without control characters")
     return value
 
 

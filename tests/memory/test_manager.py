@@ -369,3 +369,19 @@ def test_many_processes_write_one_postgres_table() -> None:
     finally:
         reader.drop()
         reader.close()
+
+
+def test_ids_that_are_not_text_are_refused_by_every_backend(tmp_path: Path) -> None:
+    """A lone surrogate (JSON "\\udcff", a non-UTF-8 argv) raised a raw UnicodeEncodeError from SQLite."""
+    from karen_hooks.memory import MemoryManager
+
+    alice = {**ALICE, "tenant_id": "acme"}
+    for url in (f"sqlite:///{tmp_path / 'm.sqlite3'}", "memory://"):
+        m = MemoryManager(url=url, settings=load_settings(environ={}))
+        m.write(alice, "hello", 1)
+        for ctx in ({**alice, "user_id": "u\udcff"}, {**alice, "tenant_id": "t\udcff"}):
+            for op in (lambda c: m.read(c, "hello"), lambda c: m.list_by_user(c), lambda c: m.write(c, "q", 1)):
+                with pytest.raises(TenantError, match="of text"):
+                    op(ctx)
+        assert m.delete(alice, "x\udcff") is False
+        assert [r.payload for r in m.read(alice, "hello")] == [1]
