@@ -161,10 +161,13 @@ def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin
     if not (folder / manifest.module).is_file():
         return LoadProblem(name, f"{folder}: module {manifest.module!r} named by the manifest does not exist")
     prompt = manifest.prompt
-    if prompt is None and (folder / "prompt.txt").is_file():
+    if prompt is not None or (folder / "prompt.txt").is_file():
         # a template longer than the renderer accepts could never render: refused here, by name
         from ._template_sandbox import MAX_TEMPLATE_CHARS  # (jinja2 only where a folder has a prompt)
-
+    if prompt is not None and len(prompt) > MAX_TEMPLATE_CHARS:
+        return LoadProblem(name, f"{folder / MANIFEST}: field 'prompt' is longer than {MAX_TEMPLATE_CHARS} "
+                                 "characters, the most a prompt template may have; shorten it")
+    if prompt is None and (folder / "prompt.txt").is_file():
         try:
             prompt = _read_bounded(folder / "prompt.txt", MAX_TEMPLATE_CHARS * 4, chars=MAX_TEMPLATE_CHARS)
         except (OSError, UnicodeDecodeError) as exc:

@@ -105,12 +105,14 @@ def test_hostile_manifests_and_prompts_are_problems_of_their_own_plugin(tmp_path
     for _ in range(400):  # valid JSON, but the host's JSON Schema checks would recurse past Python's limit
         deep_schema = b'{"type": "object", "properties": {"a": ' + deep_schema + b"}}"
     _folder(tmp_path, "deepschema", (good % b"deepschema")[:-1] + b', "params": ' + deep_schema + b"}")
+    _folder(tmp_path, "bigfield", (good % b"bigfield")[:-1] + b', "prompt": "' + b"x" * 200_000 + b'"}')
     _folder(tmp_path, "fine", good % b"fine")
-    wanted = ["deep", "huge", "badprompt", "bigprompt", "deepschema", "fine"]
+    wanted = ["deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield", "fine"]
     router = PluginRouter(settings(plugin_dir=str(tmp_path), load_plugins=wanted), executor=recorder)
     assert names(router) == ["fine"]
     reasons = {p.plugin: p.reason for p in router.problems}
-    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt", "deepschema"}, reasons
+    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield"}, reasons
+    assert "field 'prompt' is longer than 100000 characters" in reasons["bigfield"]
     assert "field 'params'" in reasons["deepschema"] and "more than 64 deep" in reasons["deepschema"]
     assert "nests too deeply" in reasons["deep"]
     assert "larger than 1 MiB" in reasons["huge"]

@@ -380,8 +380,11 @@ def test_ids_that_are_not_text_are_refused_by_every_backend(tmp_path: Path) -> N
         m = MemoryManager(url=url, settings=load_settings(environ={}))
         m.write(alice, "hello", 1)
         for ctx in ({**alice, "user_id": "u\udcff"}, {**alice, "tenant_id": "t\udcff"}):
-            for op in (lambda c: m.read(c, "hello"), lambda c: m.list_by_user(c), lambda c: m.write(c, "q", 1)):
-                with pytest.raises(TenantError, match="of text"):
-                    op(ctx)
+            with pytest.raises(TenantError, match="of text"):
+                m.read(ctx, "hello")
+            with pytest.raises(TenantError, match="of text"):
+                m.list_by_user(ctx)
+            with pytest.raises(TenantError, match="of text"):
+                m.write(ctx, "q", 1)
         assert m.delete(alice, "x\udcff") is False
         assert [r.payload for r in m.read(alice, "hello")] == [1]
