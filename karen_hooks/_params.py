@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from typing import Any
 
 import jsonschema
 import referencing
 import referencing.exceptions
+import regex
 from pydantic import BaseModel, ValidationError
 
 from ._errors import InvalidParams
@@ -16,6 +19,81 @@ from ._models import Intent
 
 _validators: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
 
+#: Wall time all of one call's ``pattern`` checks together may take. A plugin's schema
+#: can hold a pattern that backtracks for minutes on a crafted string (``^(a|aa)+$``),
+#: which Python's ``re`` cannot interrupt; ``regex`` can.
+REGEX_BUDGET = 0.5
+_budget = threading.local()
+
+
+def _search(pattern: str, text: str) -> bool:
+    remaining = getattr(_budget, "deadline", time.monotonic() + REGEX_BUDGET) - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    return regex.search(pattern, text, timeout=remaining) is not None
+
+
+def _slow(pattern: str) -> jsonschema.ValidationError:
+    return jsonschema.ValidationError(f"could not be checked against the pattern {pattern[:80]!r} within "
+                                      f"{REGEX_BUDGET} s; send a shorter value, or the plugin must simplify its pattern")
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string"):
+        try:
+            if not _search(pattern, instance):
+                yield jsonschema.ValidationError(f"{instance[:200]!r} does not match {pattern!r}")
+        except TimeoutError:
+            yield _slow(pattern)
+        except regex.error as exc:
+            yield jsonschema.ValidationError(f"the schema's pattern {pattern!r} is not a valid regular expression: {exc}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            try:
+                matched = _search(pattern, key)
+            except TimeoutError:
+                yield _slow(pattern)
+                return
+            except regex.error as exc:
+                yield jsonschema.ValidationError(f"the schema's pattern {pattern!r} is not a valid regular expression: {exc}")
+                return
+            if matched:
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _canonical(value: Any) -> Any:
+    """JSON Schema equality as something hashable: 1 == 1.0, true != 1, objects by members."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", int(value) if isinstance(value, float) and value.is_integer() else value)
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _canonical(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("array", tuple(_canonical(v) for v in value))
+    return ("other", repr(value))
+
+
+def _unique_items(validator: Any, unique: bool, instance: Any, schema: Any) -> Any:
+    # jsonschema compares unhashable items pairwise: 4,000 small objects took 26 s; this is linear
+    if unique and validator.is_type(instance, "array"):
+        seen: set[Any] = set()
+        for item in instance:
+            key = _canonical(item)
+            if key in seen:
+                yield jsonschema.ValidationError(f"{str(instance)[:200]} has non-unique elements")
+                return
+            seen.add(key)
+
+
+_BOUNDED = {"pattern": _pattern, "patternProperties": _pattern_properties, "uniqueItems": _unique_items}
+_bounded_classes: dict[type, Any] = {}
+
 
 def _schema_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     # Keyed by identity (with the schema kept alive beside it) so each intent's
@@ -23,8 +101,11 @@ def _schema_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     hit = _validators.get(id(schema))
     if hit is not None and hit[0] is schema:
         return hit[1]
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    cls.check_schema(schema)
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    base.check_schema(schema)
+    cls = _bounded_classes.get(base)
+    if cls is None:
+        cls = _bounded_classes[base] = jsonschema.validators.extend(base, _BOUNDED)
     # An empty registry: a $ref resolves only inside the schema itself. Without one, jsonschema
     # fetches any other URI (file://, http://) from the host, for whoever wrote the schema.
     validator = cls(schema, registry=referencing.Registry())
@@ -68,6 +149,7 @@ def validate_params(plugin: str, intent: Intent, params: Any) -> Any:
         raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": "the plugin's params schema nests too deeply to check"}]) from None
     except Exception as exc:  # noqa: BLE001 - jsonschema may fail in any way on a schema it cannot read
         raise InvalidParams(plugin, intent.name, [{"field": "(schema)", "problem": f"the plugin's params schema cannot be used: {type(exc).__name__}: {str(exc)[:200]}"}]) from None
+    _budget.deadline = time.monotonic() + REGEX_BUDGET
     try:
         errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     except RecursionError:  # a recursive schema ($ref) walking params nested thousands deep

@@ -290,3 +290,38 @@ def test_caller_data_nested_thousands_deep_is_a_typed_error_everywhere(manager) 
 
     with pytest.raises((TemplateError, InvalidParams), match="deep"):
         asyncio.run(manager.render_prompt("hello", {"name": "x"}, USER, result=deep, intent="hello.greet"))
+
+
+def test_a_params_schema_cannot_pin_the_hosts_cpu() -> None:
+    """A backtracking pattern or uniqueItems over thousands of objects took seconds to minutes, holding the GIL."""
+    import time
+
+    from karen_hooks import Intent
+    from karen_hooks._params import REGEX_BUDGET, validate_params
+
+    redos = Intent(name="r", params={"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^(a|aa)+$"},
+        "many": {"type": "array", "items": {"type": "string", "pattern": "^(a|aa)+$"}}}})
+    t = time.monotonic()
+    with pytest.raises(InvalidParams, match="could not be checked against the pattern"):
+        validate_params("p", redos, {"a": "a" * 60 + "!"})
+    with pytest.raises(InvalidParams, match="could not be checked"):  # one budget for all of a call's checks
+        validate_params("p", redos, {"many": ["a" * 60 + "!"] * 50})
+    assert time.monotonic() - t < 4 * REGEX_BUDGET + 1
+    assert validate_params("p", redos, {"a": "aaaa"}) == {"a": "aaaa"}
+    plain = Intent(name="p", params={"type": "object", "properties": {"a": {"type": "string", "pattern": "^[a-z]+$"}},
+                                     "patternProperties": {"^x_": {"type": "integer"}}})
+    with pytest.raises(InvalidParams, match="a: 'ABC' does not match '\\^\\[a-z\\]\\+\\$'"):
+        validate_params("p", plain, {"a": "ABC"})
+    with pytest.raises(InvalidParams, match="x_n: 'no' is not of type 'integer'"):
+        validate_params("p", plain, {"x_n": "no"})
+
+    uniq = Intent(name="u", params={"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}})
+    t = time.monotonic()
+    assert len(validate_params("p", uniq, {"tags": [{"i": i} for i in range(8000)]})["tags"]) == 8000
+    assert time.monotonic() - t < 2  # was 115 s
+    for dup in ([1, 1.0], [{"a": 1}, {"a": 1.0}], [[1, 2], [1, 2]], ["x", "x"]):
+        with pytest.raises(InvalidParams, match="non-unique"):
+            validate_params("p", uniq, {"tags": dup})
+    for distinct in ([1, True], [0, False], [[1, 2], [2, 1]], [{"a": 1}, {"a": 1, "b": 2}], [None, 0]):
+        assert validate_params("p", uniq, {"tags": distinct}) == {"tags": distinct}
