@@ -66,6 +66,35 @@ def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
+_ADDITIONAL = jsonschema.Draft202012Validator.VALIDATORS["additionalProperties"]
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any, schema: Any) -> Any:
+    # jsonschema matches the property names against patternProperties with re: bounded here too
+    patterns = schema.get("patternProperties")
+    if not patterns or not validator.is_type(instance, "object"):
+        yield from _ADDITIONAL(validator, additional, instance, schema)
+        return
+    known = schema.get("properties", {})
+    extras = []
+    for key in instance:
+        if key in known:
+            continue
+        try:
+            if not any(_search(p, key) for p in patterns):
+                extras.append(key)
+        except (TimeoutError, regex.error):
+            yield _slow("|".join(patterns))
+            return
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        verb = "does" if len(extras) == 1 else "do"
+        yield jsonschema.ValidationError(f"{', '.join(repr(e) for e in sorted(extras))} {verb} not match any of the "
+                                         f"regexes: {', '.join(repr(p) for p in sorted(patterns))}")
+
+
 def _canonical(value: Any) -> Any:
     """JSON Schema equality as something hashable: 1 == 1.0, true != 1, objects by members."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -91,7 +120,8 @@ def _unique_items(validator: Any, unique: bool, instance: Any, schema: Any) -> A
             seen.add(key)
 
 
-_BOUNDED = {"pattern": _pattern, "patternProperties": _pattern_properties, "uniqueItems": _unique_items}
+_BOUNDED = {"pattern": _pattern, "patternProperties": _pattern_properties, "uniqueItems": _unique_items,
+            "additionalProperties": _additional_properties}
 _bounded_classes: dict[type, Any] = {}
 
 

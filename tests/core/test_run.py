@@ -315,6 +315,13 @@ def test_a_params_schema_cannot_pin_the_hosts_cpu() -> None:
         validate_params("p", plain, {"a": "ABC"})
     with pytest.raises(InvalidParams, match="x_n: 'no' is not of type 'integer'"):
         validate_params("p", plain, {"x_n": "no"})
+    closed = Intent(name="c", params={"type": "object", "patternProperties": {"^(a|aa)+$": {}},
+                                      "additionalProperties": False})
+    with pytest.raises(InvalidParams, match="could not be checked"):  # the property names are matched too
+        validate_params("p", closed, {"a" * 60 + "!": 1})
+    with pytest.raises(InvalidParams, match="'b' does not match any of the regexes"):
+        validate_params("p", closed, {"b": 1})
+    assert validate_params("p", closed, {"aaa": 1}) == {"aaa": 1}
 
     uniq = Intent(name="u", params={"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}})
     t = time.monotonic()
