@@ -18,8 +18,9 @@ from ._router import PluginRouter
 
 # C0 controls but newline and tab, DEL, C1 controls, and bidirectional overrides ("Trojan
 # Source"): what can move the cursor, rewrite a line, set a title or the clipboard (OSC 52),
-# or reorder what an operator reads.
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# or reorder what an operator reads. And lone surrogates, which a strict UTF-8 stdout
+# cannot even encode (the command would crash half-way through its output).
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def terminal_safe(text: str) -> str:

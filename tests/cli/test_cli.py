@@ -319,6 +319,9 @@ def test_plugin_text_cannot_drive_the_operators_terminal(
     assert "title \\x1b]0;PWNED\\x07 bidi \\u202e" in err and "clip \\x1b]52;c;ZXZpbA==\\x07 cr \\x0dfake" in err
     code, out, err = run_cli(capsys, "run", "ansi", "--param", "fail=1")
     assert code == 1 and "\x1b" not in err and "error: plugin 'ansi' failed: RuntimeError: clear \\x1b[2J" in err
+    from karen_hooks._cli_common import terminal_safe
+
+    assert terminal_safe("name \udcff") == "name \\udcff"  # encodable by any stdout
     code, out, err = run_cli(capsys, "plugins", "info", "ansi")  # a description cannot forge a field either
     assert code == 0 and "\x1b" not in out and "  ansi: desc \\x1b[2J name: forged" in out
     assert [line for line in out.splitlines() if line.startswith("name:")] == ["name: ansi"]
