@@ -73,6 +73,16 @@ class ZygoteContext:
         self.slot_userns: dict[int, int] = {}
         self.slot_userns_problem = ""
         self.entered_slot = False
+        # the call children's own small filter (sendmsg, ...), as BPF, and whether this child has it
+        self.child_bpf = b""
+        self.child_bpf_loaded = False
+
+    def load_child_filter(self) -> None:
+        """Add the call children's filter on top of the zygote's (once per child)."""
+        if self.child_bpf and not self.child_bpf_loaded:
+            _layers.no_new_privs()  # required to install a filter without CAP_SYS_ADMIN; harmless to repeat
+            _layers.load_bpf(self.child_bpf)
+            self.child_bpf_loaded = True
 
     def add_aliases(self, paths: list[str]) -> None:
         if not self.root:
@@ -207,6 +217,14 @@ def apply_layers(
         step("seccomp", z.filt.load)
     elif "seccomp" in required:
         raise OSError("seccomp required but unavailable")
+    if z.filt is not None and status.get("seccomp", [False])[0]:
+        detail = status["seccomp"][1]  # (kept: the children's own filter is part of the same layer)
+
+        def child_filter() -> str:
+            z.load_child_filter()
+            return str(detail)
+
+        step("seccomp", child_filter)
     return status
 
 
@@ -274,6 +292,8 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext,
             # (normally the zygote has loaded it already and every child inherits it)
             z.filt.load()
             z.seccomp_loaded = True
+        if z.filt is not None:
+            z.load_child_filter()
         data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 64)
         if not data:
             os._exit(0)

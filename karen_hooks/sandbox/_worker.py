@@ -86,7 +86,9 @@ class _Worker:
             "spec": {"name": spec.name, "kind": spec.kind, "target": spec.target,
                      "path": os.path.abspath(spec.path) if spec.path else None},
             "code_paths": code_paths, "read_paths": read_paths, "workdir": self.workdir,
-            "write_paths": [ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
+            # Landlock's write rule: the slot's own tmpfs (one ruleset per slot, built once), so no
+            # call can write into another slot's work dir, even one its owner made world-writable
+            "write_paths": [slot.tmpfs if self.mounted else ex._base if slot.uid > 0 else self.workdir, "/dev/null"],
             "uid": slot.uid, "gid": slot.gid, "limits": limits.model_dump(), "env": dict(settings.env),
             "mode": self.mode, "warm_calls": self.max_calls, "required": ex._required,
             "userns_processes": ex._userns_processes(limits.processes),

@@ -183,6 +183,12 @@ def main(ctrl_fd: int) -> None:
             why = f"building the filter failed: {exc}"
     abi = _layers.landlock_abi()
     z = _child.ZygoteContext(filt, abi, int(probe_cfg.get("uid", -1)), int(probe_cfg.get("gid", -1)))
+    if filt is not None:
+        try:
+            z.child_bpf = _layers.child_filter_bpf()
+        except Exception as exc:  # noqa: BLE001 - then the seccomp layer is reported missing
+            filt, why = None, f"building the call children's filter failed: {exc}"
+            z.filt = None
     z.status.update(status)
     z.nproc_in_userns = own_userns and _layers.nproc_counted_per_userns()
     if z.nproc_in_userns:  # before seccomp, which denies making namespaces

@@ -163,6 +163,31 @@ def test_a_work_dir_nested_thousands_deep_is_removed_and_the_slot_reused():
     assert not os.path.exists(base)
 
 
+def test_a_call_cannot_write_into_another_slots_work_dir_even_if_invited(layers):
+    """Slots were kept apart by file permissions alone: Landlock let every call write anywhere in the base dir."""
+    need(layers, "landlock_fs")
+    need(layers, "workdir_quota")
+    import glob
+    import stat
+
+    from karen_hooks.sandbox import SandboxExecutor
+
+    with SandboxExecutor(slots=2) as ex:
+        door = threading.Thread(target=run, args=(ex, "open_door"), kwargs={"sleep": 3})
+        door.start()
+        found, deadline = "", time.monotonic() + 5
+        while not found and time.monotonic() < deadline:
+            for d in glob.glob(os.path.join(ex._base, "slot*", "c*")):
+                with contextlib.suppress(OSError):
+                    if stat.S_IMODE(os.stat(d).st_mode) == 0o777:
+                        found = d
+            time.sleep(0.02)
+        assert found, "the first call never opened its work dir"
+        assert run(ex, "walk_in", dir=found).result == "Permission denied"
+        door.join(10)
+        assert not os.path.exists(os.path.join(found, "from_another_slot"))
+
+
 def test_gigabyte_to_stdout_costs_the_host_only_the_cap(executor):
     t = time.monotonic()
     with pytest.raises(LimitExceeded) as ei:
@@ -309,13 +334,46 @@ def test_no_system_v_ipc_or_posix_message_queues(executor, layers):
     still_serves(executor)
 
 
+def test_unix_datagrams_cannot_be_addressed_to_a_path(executor, layers):
+    """A datagram socket from socketpair() could still sendto() any socket path (syslog, journald, sd_notify)."""
+    need(layers, "seccomp")
+    d = tempfile.mkdtemp(prefix="karen-dgram-")  # reachable by the sandbox uid: only seccomp stands in the way
+    os.chmod(d, 0o777)
+    path = os.path.join(d, "dg.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    os.chmod(path, 0o666)
+    listener.settimeout(0.2)
+    try:
+        r = run(executor, "unix_dgram", path=path).result
+        assert r == {"sendto": "Operation not permitted", "connect": "Operation not permitted",
+                     "sendmsg": "Operation not permitted", "pair": "ping"}, r
+        with pytest.raises(socket.timeout):
+            listener.recv(100)
+    finally:
+        listener.close()
+        import shutil
+
+        shutil.rmtree(d)
+    still_serves(executor)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the attack uses x86-64 syscall numbers")
+def test_no_pidfds_mount_table_or_file_watches(executor, layers):
+    """Landlock hides /proc, but pidfd_open, listmount/statmount and inotify/fanotify showed the host anyway."""
+    need(layers, "seccomp")
+    r = run(executor, "host_views").result
+    assert set(r.values()) == {"Operation not permitted"}, r
+    still_serves(executor)
+
+
 def _proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as fh:
         return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
 
 
 def test_seccomp_is_loaded_once_in_the_zygote_and_inherited(executor, layers):
-    """The zygote loads the filter once; every child inherits exactly that one filter."""
+    """The zygote loads the filter once; every child inherits it and adds only its own small one."""
     need(layers, "seccomp")
     z = executor._zygote()
     st = _proc_status(z.pid)
@@ -329,7 +387,8 @@ def test_seccomp_is_loaded_once_in_the_zygote_and_inherited(executor, layers):
     for pid in standby:
         with contextlib.suppress(FileNotFoundError):  # taken by a concurrent call meanwhile
             st = _proc_status(pid)
-            assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "1"  # filtered, and not twice
+            # the zygote's filter, inherited, and the children's own small one (sendmsg): not the big one twice
+            assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "2"
 
 
 def test_network_namespace_has_no_route(executor, layers):

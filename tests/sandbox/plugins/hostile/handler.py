@@ -543,3 +543,52 @@ def act_background_burner(p, ctx):
     for target in (spawner, burn):
         threading.Thread(target=target, daemon=True).start()
     return {"pid": os.getpid(), "calls": STATE["calls"]}
+
+
+def act_unix_dgram(p, ctx):
+    """socket() is denied, but a socketpair's datagram socket can still address any socket path."""
+    out = {}
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c.send(b"ping")  # the pair itself still works (asyncio's self-pipe is one)
+    out["pair"] = d.recv(10).decode()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for name, attempt in (("sendto", lambda: a.sendto(b"pwned", p["path"])),
+                          ("connect", lambda: a.connect(p["path"])),
+                          ("sendmsg", lambda: a.sendmsg([b"pwned"], [], 0, p["path"]))):
+        try:
+            attempt()
+            out[name] = "sent"
+        except OSError as exc:
+            out[name] = exc.strerror
+    return out
+
+
+def act_host_views(p, ctx):
+    """Views of the host that Landlock's /proc block does not cover: pidfds, the mount table, file watches."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    out = {}
+    for name, nr, args in (("pidfd_open", 434, (1, 0)), ("statmount", 457, (0, 0, 0, 0)),
+                           ("listmount", 458, (0, 0, 0, 0)), ("inotify_init1", 294, (0,)),
+                           ("fanotify_init", 300, (0, 0))):
+        ret = libc.syscall(nr, *args)
+        out[name] = "allowed" if ret >= 0 else os.strerror(ctypes.get_errno())
+    return out
+
+
+def act_open_door(p, ctx):
+    """Make this call's work dir writable by every uid, then wait (for a call in another slot to walk in)."""
+    os.chmod(".", 0o777)
+    time.sleep(p.get("sleep", 3))
+    return sorted(os.listdir("."))
+
+
+def act_walk_in(p, ctx):
+    try:
+        with open(os.path.join(p["dir"], "from_another_slot"), "w") as fh:
+            fh.write("hi")
+        return "wrote"
+    except OSError as exc:
+        return exc.strerror
