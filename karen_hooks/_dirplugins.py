@@ -10,6 +10,8 @@ host; ``handler.py`` runs in the sandbox unless the operator trusts the plugin
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -115,8 +117,18 @@ def iter_plugin_folders(root: Path) -> Iterator[tuple[Path, str | None]]:
 
 
 def _read_bounded(path: Path, max_bytes: int, chars: int | None = None) -> str | None:
-    """The file's UTF-8 text, or ``None`` if it is over ``max_bytes`` (or ``chars`` characters)."""
-    with open(path, "rb") as fh:
+    """The file's UTF-8 text, or ``None`` if it is over ``max_bytes`` (or ``chars`` characters).
+
+    The host reads these files for plugins it will not trust with anything else: a
+    symlink (``prompt.txt -> /etc/shadow`` or ``/proc/self/environ``) or anything but a
+    regular file is refused (OSError), never followed.
+    """
+    if path.is_symlink():
+        raise OSError(f"{path.name} is a symbolic link; the host reads only regular files of a plugin's folder")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         return None

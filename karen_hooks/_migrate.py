@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import keyword
+import os
 import pprint
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ._cli_common import CliError
 from ._dirplugins import CATEGORIES, MANIFEST, load_directory_plugin
@@ -113,6 +115,27 @@ def _handler_module(module_file: str) -> str:
     return stem
 
 
+def _generated(module: str, intents: list[dict[str, Any]], prompt: str | None) -> list[str]:
+    """The package files migrate writes itself (under ``module/``)."""
+    return [f"{module}/__init__.py"] + ([f"{module}/templates/{it['name']}.j2" for it in intents] if prompt else [])
+
+
+def _check_copies(copied: dict[str, Path], generated: set[str]) -> None:
+    """Refuse symlinks (they would copy whatever they point to into the package) and clashes with generated files."""
+    for src in copied.values():
+        paths = [src]
+        if src.is_dir() and not src.is_symlink():
+            for top, dirs, files in os.walk(src):
+                paths += [Path(top) / n for n in dirs + files]
+        for p in paths:
+            if p.is_symlink():
+                raise CliError(f"{p} is a symbolic link; migrate copies only the plugin's own files and folders: "
+                               "replace the link with what it points to, or remove it")
+            rel = p.relative_to(src.parent).as_posix()
+            if rel in generated:
+                raise CliError(f"{p} would overwrite {rel}, which migrate generates; rename or remove it first")
+
+
 def migrate(path: str | Path, parent: str | Path = ".", *, force: bool = False) -> tuple[Path, list[str]]:
     """Write the packaged form of the directory plugin at ``path``; return its folder and notes for the user."""
     folder = Path(path)
@@ -162,6 +185,7 @@ def migrate(path: str | Path, parent: str | Path = ".", *, force: bool = False) 
             "__INTENT_LIST__": ", ".join(i["name"] for i in intents),
         }
     )
+    _check_copies(copied, {name.removeprefix(f"{module}/") for name in _generated(module, intents, loaded.prompt)})
     root = target_dir(parent, tokens["__DIST__"], force)
     files = {
         "pyproject.toml": render(PYPROJECT, tokens),

@@ -106,12 +106,17 @@ def test_hostile_manifests_and_prompts_are_problems_of_their_own_plugin(tmp_path
         deep_schema = b'{"type": "object", "properties": {"a": ' + deep_schema + b"}}"
     _folder(tmp_path, "deepschema", (good % b"deepschema")[:-1] + b', "params": ' + deep_schema + b"}")
     _folder(tmp_path, "bigfield", (good % b"bigfield")[:-1] + b', "prompt": "' + b"x" * 200_000 + b'"}')
+    secret = tmp_path / "host-secret"
+    secret.write_text("TOPSECRET host file")
+    _folder(tmp_path, "linkprompt", good % b"linkprompt")
+    (tmp_path / "linkprompt" / "prompt.txt").symlink_to(secret)  # the host would read it for the plugin
     _folder(tmp_path, "fine", good % b"fine")
-    wanted = ["deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield", "fine"]
+    wanted = ["deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield", "linkprompt", "fine"]
     router = PluginRouter(settings(plugin_dir=str(tmp_path), load_plugins=wanted), executor=recorder)
     assert names(router) == ["fine"]
     reasons = {p.plugin: p.reason for p in router.problems}
-    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield"}, reasons
+    assert set(reasons) == {"deep", "huge", "badprompt", "bigprompt", "deepschema", "bigfield", "linkprompt"}, reasons
+    assert "symbolic link" in reasons["linkprompt"] and "TOPSECRET" not in str(router.problems)
     assert "field 'prompt' is longer than 100000 characters" in reasons["bigfield"]
     assert "field 'params'" in reasons["deepschema"] and "more than 64 deep" in reasons["deepschema"]
     assert "nests too deeply" in reasons["deep"]

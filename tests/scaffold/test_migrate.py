@@ -54,6 +54,27 @@ def test_refuses_invalid_plugins(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert err.startswith("error: ") and "is not a valid directory plugin" in err and "plugin_api_version" in err
 
 
+def test_refuses_symlinks_and_files_that_would_replace_generated_ones(tmp_path: Path) -> None:
+    """A link in the folder copied what it pointed to (/etc/shadow, all of /root) into the package to publish."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    for i, (name, make) in enumerate([
+        ("data.txt", lambda p: p.symlink_to(secret)),
+        ("assets", lambda p: p.symlink_to(tmp_path)),
+        ("nested", lambda p: (p.mkdir(), (p / "inner").symlink_to(secret))),
+        ("__init__.py", lambda p: p.write_text("# not the adapter")),
+        ("templates", lambda p: (p.mkdir(), (p / "greet.j2").write_text("mine"))),
+    ]):
+        src = tmp_path / f"src{i}" / "hello"
+        shutil.copytree(HELLO, src)
+        make(src / name)
+        match = "symbolic link" if i < 3 else "would overwrite"
+        with pytest.raises(CliError, match=match):
+            migrate(src, tmp_path / f"out{i}")
+        assert not (tmp_path / f"out{i}").exists() or not any((tmp_path / f"out{i}").rglob("*TOPSECRET*"))
+        assert "TOPSECRET" not in "".join(p.read_text() for p in (tmp_path / f"out{i}").rglob("*") if p.is_file())
+
+
 @pytest.mark.slow
 def test_migrated_package_installs_runs_and_passes_its_tests(tmp_path: Path, plugin_venv: Any) -> None:
     assert main(["plugins", "migrate", str(HELLO), "--dir", str(tmp_path)]) == 0
