@@ -75,6 +75,28 @@ def _close_all() -> None:
             ex.close()
 
 
+def _uid_base_from_env(slots: int) -> int:
+    """``KAREN_SANDBOX_UID_BASE``, checked: the slots (and the zygote) run as base .. base + slots.
+
+    A base of 0 ran slot 0 as root, and a low one as system accounts (daemon, bin, ...), whose
+    processes and files a sandboxed call could then reach.
+    """
+    raw = os.environ.get("KAREN_SANDBOX_UID_BASE", "61000").strip()
+    fix = "set it to a free range of uids at or above 1000, e.g. 61000 (the default)"
+    try:
+        base = int(raw)
+    except ValueError:
+        raise ValueError(f"KAREN_SANDBOX_UID_BASE must be a whole number, got {raw!r}: {fix}") from None
+    top = base + slots
+    clash = ("root (0)" if base <= 0 <= top else "negative uids (no dedicated uid at all)" if base < 0
+             else "system accounts (below 1000)" if base < 1000
+             else "nobody (65534)" if base <= 65534 <= top else "uids past 2^31 - 1" if top >= 1 << 31 else "")
+    if clash:
+        raise ValueError(f"KAREN_SANDBOX_UID_BASE={base} would run the sandbox's {slots} slots (and its zygote) as "
+                         f"uids {base}-{top}, which include {clash}: {fix}")
+    return base
+
+
 class SandboxExecutor:
     """Runs untrusted plugins' hooks in exec'd, layered sandbox processes.
 
@@ -98,7 +120,7 @@ class SandboxExecutor:
         self.on_event = on_event
         self._nslots = slots or max(4, 2 * (os.cpu_count() or 1) + 2)
         if uid_base is None:
-            uid_base = int(os.environ.get("KAREN_SANDBOX_UID_BASE", "61000"))
+            uid_base = _uid_base_from_env(self._nslots)
         self._root = os.geteuid() == 0
         self._uid_base = uid_base
         self._ids = itertools.count(1)

@@ -87,3 +87,19 @@ def test_leftovers_of_a_killed_host_are_removed(tmp_path):
     ex = SandboxExecutor(slots=1)
     ex.close()
     assert not any(os.path.exists(p) for p in paths), paths
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("0", "root (0)"), ("-100", "negative uids"), ("500", "system accounts"), ("65530", "nobody (65534)"),
+    ("abc", "must be a whole number"), (str(2**31 - 2), "past 2^31"),
+])
+def test_a_sandbox_uid_base_that_names_root_or_system_accounts_is_refused(monkeypatch, value, problem) -> None:
+    """KAREN_SANDBOX_UID_BASE=0 ran slot 0 of every untrusted plugin as root; -100 turned the uid layer off."""
+    from karen_hooks.sandbox._executor import _uid_base_from_env
+
+    monkeypatch.setenv("KAREN_SANDBOX_UID_BASE", value)
+    with pytest.raises(ValueError, match="KAREN_SANDBOX_UID_BASE") as ei:
+        _uid_base_from_env(6)
+    assert problem in str(ei.value)
+    monkeypatch.setenv("KAREN_SANDBOX_UID_BASE", "70000")
+    assert _uid_base_from_env(6) == 70000
