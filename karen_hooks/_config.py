@@ -53,17 +53,19 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    wall_seconds: float = Field(10.0, gt=0)
-    cpu_seconds: int = Field(5, gt=0)
-    memory_mb: int = Field(512, gt=16)
-    open_files: int = Field(64, gt=8)
-    file_size_mb: int = Field(16, gt=0)
-    work_dir_mb: int = Field(64, gt=0)
-    processes: int = Field(32, gt=0)
-    stdout_bytes: int = Field(1 << 20, gt=0)
-    stderr_bytes: int = Field(1 << 20, gt=0)
-    reply_bytes: int = Field(4 << 20, gt=0)
-    memory_write_bytes: int = Field(1 << 20, gt=0)
+    # Upper bounds too: a limit the kernel, the selector or a timestamp cannot hold (inf, 1e300,
+    # a memory size past 64 bits) would load fine and then fail every call with an OverflowError.
+    wall_seconds: float = Field(10.0, gt=0, le=86_400, allow_inf_nan=False)
+    cpu_seconds: int = Field(5, gt=0, le=86_400)
+    memory_mb: int = Field(512, gt=16, le=1 << 20)
+    open_files: int = Field(64, gt=8, le=1 << 20)
+    file_size_mb: int = Field(16, gt=0, le=1 << 20)
+    work_dir_mb: int = Field(64, gt=0, le=1 << 20)
+    processes: int = Field(32, gt=0, le=1 << 20)
+    stdout_bytes: int = Field(1 << 20, gt=0, le=1 << 30)
+    stderr_bytes: int = Field(1 << 20, gt=0, le=1 << 30)
+    reply_bytes: int = Field(4 << 20, gt=0, le=256 << 20)  # (the protocol's hard frame ceiling)
+    memory_write_bytes: int = Field(1 << 20, gt=0, le=1 << 30)
 
 
 class PluginSettings(BaseModel):

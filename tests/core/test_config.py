@@ -70,6 +70,12 @@ def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
     cfg.write_text("[plugins.w]\nlimits = { wall_secs = 2 }\n")
     with pytest.raises(ConfigError, match=r"plugins\.w\.limits\.wall_secs: Extra inputs are not permitted"):
         load_settings(environ={"KAREN_CONFIG": str(cfg)})
+    # values no kernel, selector or timestamp can hold loaded fine, then failed every call with OverflowError
+    for line, problem in (("wall_seconds = inf", "finite number"), ("wall_seconds = 1e300", "less than or equal to 86400"),
+                          ("memory_mb = 100000000000000", "less than or equal to 1048576")):
+        cfg.write_text(f"[plugins.w]\nlimits = {{ {line} }}\n")
+        with pytest.raises(ConfigError, match=rf"plugins\.w\.limits\.{line.split()[0]}: .*{problem}"):
+            load_settings(environ={"KAREN_CONFIG": str(cfg)})
 
 
 def test_plugin_limits_override_only_what_they_name() -> None:
