@@ -155,6 +155,12 @@ def load_settings(
             raise ConfigError(f"KAREN_CONFIG points at {str(path)!r}, which does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save it as UTF-8") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); point KAREN_CONFIG at "
+                              "a readable TOML file") from None
 
     for var, key in _BOOL_ENV.items():
         if env.get(var, "").strip():
@@ -164,7 +170,13 @@ def load_settings(
             data[key] = value
     for var, key in (("KAREN_DISABLE_PLUGINS", "disable_plugins"), ("KAREN_TRUSTED_PLUGINS", "trusted_plugins")):
         if value := env_list(var, env):
-            data[key] = sorted(set(data.get(key, [])) | set(value))
+            listed = data.get(key, [])
+            # merged with the file's list only once that is a list of names: a string there would
+            # otherwise be taken apart into characters ("whoami" -> w, h, o, ...)
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise ConfigError(f"{key} in the config file must be a list of plugin names, like "
+                                  f'{key} = ["{listed if isinstance(listed, str) else "name"}"]; got {listed!r}')
+            data[key] = sorted(set(listed) | set(value))
     for var, key in (
         ("KARI_PLUGIN_DIR", "plugin_dir"),
         ("KAREN_PLUGIN_DIR", "plugin_dir"),
@@ -181,7 +193,11 @@ def load_settings(
                 raise ValueError
         except ValueError:
             raise ConfigError(f"KARI_CPU_LIMIT={raw!r} must be a positive whole number of CPU seconds") from None
-        data.setdefault("limits", {})["cpu_seconds"] = cpu
+        limits = data.setdefault("limits", {})
+        if not isinstance(limits, dict):
+            raise ConfigError(f"limits in the config file must be a table, like [limits] with cpu_seconds = 5; "
+                              f"got {limits!r}")
+        limits["cpu_seconds"] = cpu
     data.update(overrides)
     try:
         return Settings.model_validate(data)

@@ -70,6 +70,21 @@ def test_config_file_errors_name_the_field(tmp_path: Path) -> None:
     cfg.write_text("[plugins.w]\nlimits = { wall_secs = 2 }\n")
     with pytest.raises(ConfigError, match=r"plugins\.w\.limits\.wall_secs: Extra inputs are not permitted"):
         load_settings(environ={"KAREN_CONFIG": str(cfg)})
+    # a string where a list belongs was taken apart into characters once an env var added to it:
+    # disable_plugins = "whoami" with KAREN_DISABLE_PLUGINS=other disabled w, h, o, ... and not whoami
+    for key, var in (("disable_plugins", "KAREN_DISABLE_PLUGINS"), ("trusted_plugins", "KAREN_TRUSTED_PLUGINS")):
+        for value in ('"whoami"', "5", '[["a"]]'):
+            cfg.write_text(f"{key} = {value}\n")
+            with pytest.raises(ConfigError, match=f"{key} in the config file must be a list of plugin names"):
+                load_settings(environ={"KAREN_CONFIG": str(cfg), var: "other"})
+    cfg.write_text("limits = 5\n")
+    with pytest.raises(ConfigError, match="limits in the config file must be a table"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg), "KARI_CPU_LIMIT": "3"})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(environ={"KAREN_CONFIG": str(tmp_path)})  # a directory
+    cfg.write_bytes(b"default_tenant = '\xff'\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_settings(environ={"KAREN_CONFIG": str(cfg)})
     # values no kernel, selector or timestamp can hold loaded fine, then failed every call with OverflowError
     for line, problem in (("wall_seconds = inf", "finite number"), ("wall_seconds = 1e300", "less than or equal to 86400"),
                           ("memory_mb = 100000000000000", "less than or equal to 1048576")):
