@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,21 +14,16 @@ from ._config import load_settings
 from ._dirplugins import iter_plugin_folders
 from ._loader import find_entry_points
 from ._router import PluginRouter
-
-# C0 controls but newline and tab, DEL, C1 controls, and bidirectional overrides ("Trojan
-# Source"): what can move the cursor, rewrite a line, set a title or the clipboard (OSC 52),
-# or reorder what an operator reads. And lone surrogates, which a strict UTF-8 stdout
-# cannot even encode (the command would crash half-way through its output).
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+from ._text import escape_controls
 
 
 def terminal_safe(text: str) -> str:
     """``text`` with control characters shown as escapes (``\\x1b``), for printing what a plugin wrote.
 
     A plugin's output, error messages and names reach the operator's terminal; escape
-    sequences in them must show as text, not act.
+    sequences in them must show as text, not act. Newlines and tabs stay.
     """
-    return _TERMINAL_UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    return escape_controls(text, keep="\n\t")
 
 
 class CliError(Exception):

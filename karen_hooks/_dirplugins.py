@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from ._models import Intent, LoadProblem, PluginSpec
 
 MANIFEST = "plugin_manifest.json"
+_PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
 #: A manifest is a small JSON object; a larger file is refused before the host reads it all.
 MAX_MANIFEST_BYTES = 1 << 20
 CATEGORIES = ("examples", "core", "ai", "integrations", "automation")
@@ -62,6 +66,15 @@ class Manifest(BaseModel):
     def _intent(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not v:
             raise ValueError("must name at least one intent")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        # the name keys trust and settings and is written to logs, the audit log and metric labels
+        if v is not None and not _PLUGIN_NAME.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter "
+                             "or digit")
         return v
 
     @field_validator("module")
@@ -160,8 +173,12 @@ def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin
     except RecursionError:
         return LoadProblem(guess, f"{folder / MANIFEST}: not readable JSON (it nests too deeply); fix the file")
     name: str = guess
-    if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str) and _PLUGIN_NAME.match(raw["name"]):
         name = raw["name"]
+    elif _CONTROL_CHARS.search(guess) and not (isinstance(raw, dict) and "name" in raw):
+        # a folder's name is the plugin's name unless the manifest gives one; it goes into logs
+        return LoadProblem(guess.encode("unicode_escape").decode(), f"{folder!r}: a folder name with control "
+                           "characters cannot be a plugin name; rename the folder or set \"name\" in the manifest")
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -30,6 +30,7 @@ from ._matching import IntentMatch, match_intents, router_tool_schemas
 from ._metrics import get_metrics
 from ._models import Intent, LoadProblem, PluginInfo, PluginSpec, UserContext
 from ._rbac import is_allowed
+from ._text import escape_controls
 from ._tracing import enable_hook_tracing
 from ._version import __version__ as HOST_VERSION  # noqa: N812
 
@@ -162,7 +163,8 @@ class PluginRouter:
 
     def _problem(self, problem: LoadProblem) -> None:
         where = f" from distribution {problem.distribution}" if problem.distribution else ""
-        log.warning("plugin %r%s skipped: %s", problem.plugin, where, problem.reason)
+        # (escaped: a folder's or manifest's text must not start a forged line in the log)
+        log.warning("plugin %r%s skipped: %s", problem.plugin, where, escape_controls(problem.reason))
         self.problems.append(problem)
         get_metrics(self.metrics_registry).load_error(problem.plugin)
 

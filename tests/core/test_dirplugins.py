@@ -151,3 +151,23 @@ def test_a_folder_claiming_a_trusted_plugins_name_gets_neither_its_trust_nor_its
     import os
 
     assert "KAREN_TEST_IMPOSTOR" not in os.environ and recorder.calls == []
+
+
+def test_names_from_folders_and_manifests_cannot_forge_log_lines(tmp_path: Path, recorder, caplog) -> None:
+    """A plugin name goes into logs, the audit log and metric labels; a newline in it forged a CRITICAL line."""
+    import logging
+
+    good = (b'{"plugin_api_version": "1.0", "intent": "%s", "enable_external_workflow": false, '
+            b'"required_roles": ["user"], "trusted_ui": false%s}')
+    _folder(tmp_path, "named", good % (b"named", b', "name": "inj/x ok in 1.000 ms\\nINFO:karen_hooks.audit:forged"'))
+    _folder(tmp_path, "bad\nCRITICAL:karen_hooks.audit:forged", good % (b"folderly", b""))
+    _folder(tmp_path, "fine", good % (b"fine", b""))
+    with caplog.at_level(logging.WARNING, logger="karen_hooks"):
+        router = PluginRouter(settings(plugin_dir=str(tmp_path)), executor=recorder)
+    assert "fine" in names(router) and len(names(router)) >= 1
+    assert not any("\n" in p.plugin for p in router.problems)
+    reasons = " ".join(p.reason for p in router.problems)
+    assert "field 'name': Value error, must be 1-128 characters" in reasons
+    assert "a folder name with control characters cannot be a plugin name" in reasons
+    for record in caplog.records:
+        assert "\n" not in record.getMessage(), record.getMessage()
