@@ -104,7 +104,17 @@ def _pip(args: list[str], what: str) -> int:
     return 0
 
 
+def _packages(packages: list[str]) -> list[str]:
+    """Package names or paths only: one starting with '-' would reach pip as an option (--index-url=...)."""
+    for pkg in packages:
+        if pkg.startswith("-"):
+            raise CliError(f"{pkg!r} is not a package name or path; pip options cannot be passed through karen "
+                           "(run 'python -m pip' for those)")
+    return packages
+
+
 def cmd_install(args: argparse.Namespace) -> int:
+    _packages(args.packages)
     flags = ["install"]
     if args.upgrade:
         flags.append("--upgrade")
@@ -120,7 +130,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    flags = ["uninstall", *(["-y"] if args.yes else []), *args.packages]
+    flags = ["uninstall", *(["-y"] if args.yes else []), *_packages(args.packages)]
     return _pip(flags, f"uninstalling {', '.join(args.packages)} from {sys.prefix}")
 
 

@@ -257,6 +257,12 @@ def test_install_runs_pip_in_this_environment(capsys: pytest.CaptureFixture[str]
     assert calls[-1] == [sys.executable, "-m", "pip", "uninstall", "-y", "ok-pkg"]
     code, _, err = run_cli(capsys, "install", "bad-pkg")
     assert code == 3 and err.startswith("error: pip exited with status 3")
+    # after '--', an argument starting with '-' reached pip as an option: another index, a requirements file
+    n = len(calls)
+    for argv in (["install", "--", "--index-url=http://127.0.0.1:9/simple", "ok-pkg"], ["uninstall", "--", "-r", "x"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 1 and "is not a package name or path" in err
+    assert len(calls) == n  # pip never ran
 
 
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
