@@ -142,7 +142,7 @@ class CallObserver:
             self.metrics.sandbox_event("limit", limit)
         plugin = site.info.name if site.info is not None else None
         if span is not None:
-            span.end(plugin, site.intent, outcome, exc)
+            span.end(plugin, site.intent, outcome, exc, self.manager.settings.audit_params)
         if trace:
             self._trace_line(f"{plugin}.karen_run raised {type(exc).__name__} in {dt * 1000.0:.3f} ms [sandbox]")
         self._audit(  # errors here would replace the call's own exception: the inputs are guarded

@@ -101,7 +101,14 @@ class Span:
         self.span = span
         self.token = token
 
-    def end(self, plugin: str | None, intent: str | None, outcome: str, exc: BaseException | None) -> None:
+    def end(self, plugin: str | None, intent: str | None, outcome: str, exc: BaseException | None,
+            include_values: bool = False) -> None:
+        """End the span; an exception's message (and traceback) only with ``include_values``.
+
+        Messages carry values: ``InvalidParams`` quotes the params it refused, a plugin's
+        error whatever it put in it. Like the audit log, the span then keeps only the
+        exception's type unless the operator opted in (``audit_params``).
+        """
         span = self.span
         try:
             if span.is_recording():
@@ -109,7 +116,10 @@ class Span:
                 span.set_attribute("karen.intent", intent or "")
                 span.set_attribute("karen.outcome", outcome)
                 if exc is not None:
-                    span.record_exception(exc)
+                    if include_values:
+                        span.record_exception(exc)
+                    else:
+                        span.add_event("exception", {"exception.type": type(exc).__name__})
                     span.set_status(_otel_trace.Status(_otel_trace.StatusCode.ERROR, type(exc).__name__))
         finally:
             _otel_context.detach(self.token)

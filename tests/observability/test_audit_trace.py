@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from karen_hooks import AccessDenied, InvalidUserContext, _metrics, _tracing, load_settings
+from karen_hooks import AccessDenied, InvalidParams, InvalidUserContext, _metrics, _tracing, load_settings
 from karen_hooks.observability import (
     JsonFormatter,
     configure_audit_log,
@@ -192,14 +192,21 @@ def test_opentelemetry_spans_with_the_sdk(tmp_path: Path) -> None:
         await mgr.run_plugin("okplug", {}, USER)
         with pytest.raises(AccessDenied):
             await mgr.run_plugin("secret", {}, USER)
+        with pytest.raises(InvalidParams):  # its message quotes the value: a token, say
+            await mgr.run_plugin("typed", {"n": "sk-SECRET-TOKEN"}, USER)
 
     asyncio.run(calls())
     spans = [s for s in exporter.get_finished_spans() if s.name == "karen.run_plugin"]
     assert [(s.attributes["karen.plugin"], s.attributes["karen.outcome"]) for s in spans] == [
         ("okplug", "ok"),
         ("secret", "denied"),
+        ("typed", "invalid"),
     ]
     assert spans[1].status.status_code == trace.StatusCode.ERROR
+    # like the audit log, a span keeps an error's type, not its message, unless audit_params is on
+    events = [e for s in spans for e in s.events]
+    assert [e.attributes["exception.type"] for e in events] == ["AccessDenied", "InvalidParams"]
+    assert "sk-SECRET-TOKEN" not in repr([(e.name, dict(e.attributes)) for e in events])
 
 
 def test_memory_events_are_counted_by_backend(tmp_path: Path) -> None:
