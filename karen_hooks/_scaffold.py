@@ -73,7 +73,7 @@ commands = pytest --karen-sandbox {posargs}
 """
 
 MODULE = '''\
-"""__DIST__: __DESCRIPTION__"""
+"""__DIST__: __DESCRIPTION_DOC__"""
 
 from __future__ import annotations
 
@@ -268,7 +268,11 @@ def packaging_tokens(tokens: dict[str, str], description: str, category: str) ->
     return {
         **tokens,
         "__DESCRIPTION__": description,
-        "__DESCRIPTION_LITERAL__": json.dumps(description),
+        # one literal for TOML and Python alike: JSON escapes quotes and controls, and with
+        # ensure_ascii off an emoji stays itself (a \ud83d\ude00 pair is not valid TOML)
+        "__DESCRIPTION_LITERAL__": json.dumps(description, ensure_ascii=False),
+        # inside a docstring: one line, and no way to close it early
+        "__DESCRIPTION_DOC__": " ".join(description.split()).replace("\\", "\\\\").replace('"', '\\"'),
         "__CATEGORY__": category,
         "__HOST_REQUIREMENT__": HOST_REQUIREMENT,
         "__EXTRA_DEPS__": "",

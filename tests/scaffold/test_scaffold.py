@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import json
 import os
 import shutil
@@ -45,6 +47,20 @@ def test_writes_a_complete_distribution(tmp_path: Path) -> None:
     for py in root.rglob("*.py"):
         compile(py.read_text(), str(py), "exec")
     assert "__" not in (root / "README.md").read_text().replace("__init__", "")
+
+
+@pytest.mark.parametrize("description", ['Weather \U0001f600', 'says """hi""" \\ and "quotes"', "two\nlines\tand a \x07 bell"])
+def test_any_description_gives_valid_toml_and_python(tmp_path: Path, description: str) -> None:
+    """An emoji made pyproject.toml invalid (a \\ud83d\\ude00 pair); triple quotes injected code into the module."""
+    root = write_plugin("desc-test", tmp_path, category="examples", description=description)
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert meta["project"]["description"] in (description, " ".join(description.split()))  # (one line)
+    for py in root.rglob("*.py"):
+        tree = compile(py.read_text(), str(py), "exec", flags=0x400)  # ast.PyCF_ONLY_AST
+        if py.name == "__init__.py":
+            assert "hi" in str(ast.get_docstring(tree)) or "Weather" in str(ast.get_docstring(tree)) \
+                or "two lines" in str(ast.get_docstring(tree))
+            assert [type(n).__name__ for n in tree.body][:2] == ["Expr", "ImportFrom"]  # the docstring, then code
 
 
 @pytest.mark.parametrize("bad", ["Weather!", "1abc", "a--b", "", "x_"])
