@@ -370,4 +370,6 @@ def test_params_nested_too_deep_are_one_error_line(plugin_dir: Path, capsys: pyt
     deep = "[" * 5000 + "]" * 5000
     for argv in (["--param", f"a={deep}"], ["--params-json", '{"a": ' + deep + "}"]):
         code, out, err = run_cli(capsys, "run", "hello", *argv)
-        assert code == 1 and out == "" and "nests too deeply" in err and len(err.strip().splitlines()) == 1, err
+        # (Python 3.13 decodes it and the params check refuses it; older ones stop in the decoder)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert "nests too deeply" in err or "more than 100 deep" in err, err
