@@ -83,11 +83,15 @@ def pause(pid: int, cgroup: Any) -> bool:
         return False
     # only now: a fork in flight when SIGSTOP was sent has finished, and its child is listed
     if cgroup is not None:
-        return bool(cgroup.kill_others(pid))
-    for child in _descendants(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    return True
+        if not cgroup.kill_others(pid):
+            return False
+    else:
+        for child in _descendants(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    # A child could have sent the worker SIGCONT before it was killed; nothing else can now
+    # (other calls are outside its Landlock domain or run as other uids): check once more.
+    return _stopped(pid, time.monotonic())
 
 
 def resume(pid: int) -> None:

@@ -192,6 +192,19 @@ def test_a_warm_worker_runs_nothing_between_calls(executor):
     assert run(executor, "counter", settings=st).result == first["calls"] + 1  # the same worker, resumed
 
 
+def test_a_warm_worker_woken_by_its_own_child_is_not_kept(executor):
+    """A child sending SIGCONT between the stop and its own death would leave the worker running."""
+    st = PluginSettings(mode="warm", warm_max_calls=50)
+    first = run(executor, "wake_on_pause", settings=st).result
+    time.sleep(1.0)  # the pause gives up waiting for a stop after 0.5 s, and retires the worker
+    from karen_hooks.sandbox._layers import proc_stat
+
+    stat = proc_stat(first["pid"])
+    assert stat is None or stat[0] in ("T", "t", "Z"), stat  # stopped, or retired (killed)
+    assert _children_of(first["pid"]) == []
+    assert run(executor, "counter", settings=st).result >= 1  # served, by this worker or a fresh one
+
+
 def test_fork_mode_is_fresh_each_call(executor):
     assert [run(executor, "counter").result for _ in range(3)] == [1, 1, 1]
 

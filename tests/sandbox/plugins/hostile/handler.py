@@ -592,3 +592,12 @@ def act_walk_in(p, ctx):
         return "wrote"
     except OSError as exc:
         return exc.strerror
+
+
+def act_wake_on_pause(p, ctx):
+    """A child that keeps sending its (warm) parent SIGCONT, so that a pause between calls does not hold."""
+    parent = os.getpid()
+    if os.fork() == 0:
+        while True:
+            os.kill(parent, signal.SIGCONT)
+    return {"pid": parent, "calls": STATE["calls"]}
