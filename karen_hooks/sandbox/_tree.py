@@ -22,7 +22,11 @@ def remove_tree(path: str) -> bool:
     emptied directories are removed, and files unlinked, until nothing is left.
     Symlinks are removed, never followed. Call it only once nothing can write there.
     """
+    # A plugin may have taken every permission from its dirs (chmod 000). Root ignores that, but
+    # a host that is not root runs plugins as its own uid: give each dir back to its owner first.
     try:
+        if not os.path.islink(path):
+            os.chmod(path, 0o700)
         top = os.open(path, _DIR_FLAGS)
     except FileNotFoundError:
         return True
@@ -41,11 +45,15 @@ def remove_tree(path: str) -> bool:
                 if not is_dir:
                     os.unlink(name, dir_fd=top)
                     continue
+                os.chmod(name, 0o700, dir_fd=top)  # a dir (not a link: is_dir above did not follow)
                 sub = os.open(name, _DIR_FLAGS, dir_fd=top)
                 try:
                     with os.scandir(sub) as it:
-                        inner = [e.name for e in it]
-                    for child in inner:
+                        inner_entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    inner = [n for n, _ in inner_entries]
+                    for child, child_is_dir in inner_entries:
+                        if child_is_dir:  # moving a dir to another parent needs write access to it ('..')
+                            os.chmod(child, 0o700, dir_fd=sub)
                         lifted = f".karen-lifted-{next(counter)}"
                         while lifted in taken:
                             lifted = f".karen-lifted-{next(counter)}"

@@ -224,6 +224,10 @@ control["strays_after_thread_bomb"] = settle()[1]
 for name in ("fork_bomb_unbounded", "thread_bomb"):
     attacks[name]["expected_error"] = True
 attack("fork_after_bomb", "fork_n", n=24)  # the next call gets its budget back
+# Work dirs with every permission taken away: a failed cleanup used to retire the slot for good
+for i in range(3):  # more than the 2 slots
+    attack(f"lock_work_dir_{i}", "lock_work_dir")
+attack("echo_after_locks", "echo")
 # Per call, not shared: while one call holds every process it could fork, another call forks too.
 z = ex._zygote()
 holder = threading.Thread(target=attack, args=("bomb_held", "fork_bomb_hold"), kwargs={"hold": 3})

@@ -425,6 +425,14 @@ def test_work_dirs_are_a_capped_tmpfs_in_the_zygotes_mount_namespace(report):
     assert _attack(report, "files_after_full")["result"] == 100
 
 
+def test_a_work_dir_locked_by_its_plugin_is_still_removed_and_the_slot_reused(report):
+    """chmod 000 on a work dir made the cleanup fail as the host's own uid, which retired the slot: two such calls
+    took a two-slot host out of service."""
+    for i in range(3):
+        assert _attack(report, f"lock_work_dir_{i}") == {"result": "locked", "stdout": ""}
+    assert _attack(report, "echo_after_locks")["result"]["params"] == {"action": "echo"}
+
+
 def test_host_keeps_serving(report):
     after = report["attacks"]["echo_after"]
     assert "error" not in after, after

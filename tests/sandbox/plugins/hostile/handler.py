@@ -601,3 +601,14 @@ def act_wake_on_pause(p, ctx):
         while True:
             os.kill(parent, signal.SIGCONT)
     return {"pid": parent, "calls": STATE["calls"]}
+
+
+def act_lock_work_dir(p, ctx):
+    """Take every permission from the work dir and a subdir (root's cleanup ignores that; the host's uid does not)."""
+    os.makedirs("a/b")
+    with open("a/b/f", "w") as fh:
+        fh.write("x")
+    os.chmod("a/b", 0o500)
+    os.chmod("a", 0)
+    os.chmod(".", 0)
+    return "locked"
