@@ -315,12 +315,12 @@ def standby_main(sock: socket.socket, cgroup_procs: list[str], z: ZygoteContext,
 def _activate(cfg: dict[str, Any], fds: list[int], z: ZygoteContext, ruleset: int | None, slot: Any) -> None:
     try:
         proto, out, err = fds
-        z.enter_slot(slot)  # (a standby has already)
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(proto, PROTO_FD)
+        z.enter_slot(slot)  # (a standby has already; here after the dups, so a failure is reported)
         keep = {0, 1, 2, PROTO_FD} | z.keep_fds() | ({ruleset} if ruleset is not None else set())
         _close_all_but(keep)
         os.set_inheritable(PROTO_FD, False)

@@ -178,18 +178,22 @@ class SandboxExecutor:
             return False
         finally:
             sock.close()
-            for fd in alias_fds:
+            for fd in alias_fds + ([ruleset] if ruleset is not None else []):
                 os.close(fd)
 
     def _ruleset(self, read_paths: list[str], write_paths: list[str]) -> int | None:
-        """A Landlock ruleset fd for these paths, built once in the host (never enforced on it)."""
+        """A Landlock ruleset fd for these paths, built once in the host (never enforced on it).
+
+        Returns a duplicate the caller closes: the cached one may be evicted (and closed) by
+        another call before this one has sent it, and its number reused for another ruleset.
+        """
         if self._ll_abi < 1:
             return None
         key = (tuple(read_paths), tuple(write_paths))
         with self._lock:
             fd = self._rulesets.get(key)
             if fd is None:
-                if len(self._rulesets) >= 64:
+                if len(self._rulesets) >= 256:  # (one per slot and plugin: slots x plugins in use)
                     os.close(self._rulesets.pop(next(iter(self._rulesets))))
                 try:
                     fd, _ = _layers.landlock_ruleset(read_paths, write_paths, self._ll_abi)
@@ -197,7 +201,7 @@ class SandboxExecutor:
                     log.error("cannot build a Landlock ruleset: %s", exc)
                     return None
                 self._rulesets[key] = fd
-            return fd
+            return os.dup(fd)
 
     def _zygote(self, replace: _Zygote | None = None) -> _Zygote:
         with self._lock:

@@ -81,14 +81,21 @@ def pause(pid: int, cgroup: Any) -> bool:
         return False
     if not _stopped(pid, time.monotonic() + _STOP_WAIT):
         return False
-    # only now: a fork in flight when SIGSTOP was sent has finished, and its child is listed
-    if cgroup is not None:
-        if not cgroup.kill_others(pid):
-            return False
-    else:
-        for child in _descendants(pid):
+    # only now: a fork in flight when SIGSTOP was sent has finished, and its child is listed.
+    # Until nothing but the stopped worker is left: a listed process can fork (and exit) before
+    # its SIGKILL lands, and its child was not on the list.
+    deadline = time.monotonic() + _STOP_WAIT
+    while True:
+        others = (None if (pids := cgroup.pids()) is None else [p for p in pids if p != pid]) \
+            if cgroup is not None else _descendants(pid)
+        if others is None or time.monotonic() > deadline:
+            return False  # unreadable, or a chain that outruns the kills: the worker is not kept
+        if not others:
+            break
+        for other in others:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+                os.kill(other, signal.SIGKILL)
+        time.sleep(0.0005)
     # A child could have sent the worker SIGCONT before it was killed; nothing else can now
     # (other calls are outside its Landlock domain or run as other uids): check once more.
     return _stopped(pid, time.monotonic())
@@ -118,7 +125,10 @@ def _stopped(pid: int, deadline: float) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, theirs, ...), from /proc/PID/task/TID/children."""
+    """Every live process below ``pid`` (children, theirs, ...), from /proc/PID/task/TID/children.
+
+    Zombies are left out: killed already, they wait for the (stopped) worker to reap them.
+    """
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -135,4 +145,12 @@ def _descendants(pid: int) -> list[int]:
                 continue
             found.extend(kids)
             todo.extend(kids)
-    return found
+    return [p for p in found if not _zombie(p)]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b") ", 1)[1][:1] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # gone

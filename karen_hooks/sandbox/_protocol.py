@@ -15,6 +15,8 @@ from typing import Any
 
 from .._jsondata import MAX_DATA_DEPTH, nesting
 
+_FRAME_DEPTH = MAX_DATA_DEPTH + 1
+
 _HDR = struct.Struct(">I")
 #: Hard ceiling for any frame, whatever the configured limits say.
 MAX_FRAME = 256 << 20
@@ -87,7 +89,8 @@ class FrameBuffer:
             del self._buf[: _HDR.size + size]
             frame = decode(payload)
             # nesting deeper than N takes at least 2N bytes: small frames need no walk
-            if size > 2 * MAX_DATA_DEPTH and nesting(frame, MAX_DATA_DEPTH) > MAX_DATA_DEPTH:
+            # (+1: the frame's own object holds a result as deep as params may be)
+            if size > 2 * _FRAME_DEPTH and nesting(frame, _FRAME_DEPTH) > _FRAME_DEPTH:
                 raise ProtocolError(f"frame nests objects and arrays more than {MAX_DATA_DEPTH} deep")
             out.append(frame)
         return out

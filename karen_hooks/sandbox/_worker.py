@@ -173,7 +173,10 @@ class _Worker:
     def pause_if_idle(self, generation: int) -> None:
         """Stop this warm worker if no call has used it since ``generation`` (see :mod:`._pause`)."""
         if not self.lock.acquire(blocking=False):
-            return  # a call has it; it schedules another pause when it is done
+            # a call has it (a new one, or the one that scheduled this pause, still returning):
+            # try again; a new call's generation makes the retry a no-op
+            self.ex._pauser.schedule(self, generation)
+            return
         try:
             if self.dead or self.paused or generation != self.generation:
                 return

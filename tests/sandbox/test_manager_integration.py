@@ -126,8 +126,8 @@ def test_a_reply_nested_too_deep_is_refused_where_it_comes_in(manager):
         _from_a_deep_stack(300, lambda: call(manager, "deep_result", depth=980))
     with pytest.raises(SandboxError, match="more than 100 deep"):
         call(manager, "deep_result", depth=101)
-    result, _, _ = _from_a_deep_stack(300, lambda: call(manager, "deep_result", depth=95))  # (+ the reply's own)
+    result, _, _ = _from_a_deep_stack(300, lambda: call(manager, "deep_result", depth=100))  # as deep as params
     depth = 0
     while isinstance(result, list):
         result, depth = result[0], depth + 1
-    assert depth == 95
+    assert depth == 100
