@@ -126,6 +126,7 @@ class PluginRouter:
         self._callers.clear()
         self.problems = []
         self._contested_intents: set[str] = set()
+        self._staged: list[tuple[PluginInfo, pluggy.PluginManager | None]] | None = []
         s = self.settings
         candidates = list(find_entry_points(s.load_plugins, s.disable_plugins))
         folders = [(folder, load_directory_plugin(folder, category))
@@ -140,19 +141,22 @@ class PluginRouter:
             if not isinstance(d, LoadProblem) and self._wanted(d.name):
                 claims.setdefault(d.name, []).append(str(folder))
         contested = {name: who for name, who in claims.items() if len(who) > 1}
-        for cand in candidates:
-            if cand.name in contested:
-                self._problem(LoadProblem(cand.name, _contest(cand.name, contested[cand.name]), cand.distribution))
-            else:
-                self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
-        for _folder, d in folders:
-            if isinstance(d, LoadProblem):
-                if self._wanted(d.plugin):
-                    self._problem(d)
-            elif d.name in contested:
-                self._problem(LoadProblem(d.name, _contest(d.name, contested[d.name])))
-            elif self._wanted(d.name):
-                self._guard(d.name, None, lambda d=d: self._load_directory(d))
+        try:
+            for cand in candidates:
+                if cand.name in contested:
+                    self._problem(LoadProblem(cand.name, _contest(cand.name, contested[cand.name]), cand.distribution))
+                else:
+                    self._guard(cand.name, cand.distribution, lambda c=cand: self._load_entry_point(c))
+            for _folder, d in folders:
+                if isinstance(d, LoadProblem):
+                    if self._wanted(d.plugin):
+                        self._problem(d)
+                elif d.name in contested:
+                    self._problem(LoadProblem(d.name, _contest(d.name, contested[d.name])))
+                elif self._wanted(d.name):
+                    self._guard(d.name, None, lambda d=d: self._load_directory(d))
+        finally:
+            self._settle_staged()
         self._warn_filter_typos()
         if s.strict and self.problems:
             p = self.problems[0]
@@ -177,6 +181,35 @@ class PluginRouter:
             self._problem(LoadProblem(name, reason, dist))
 
     def _add(self, info: PluginInfo, caller: pluggy.PluginManager | None) -> None:
+        if self._staged is not None:  # discovery: intents are settled once every plugin is known
+            self._staged.append((info, caller))
+            return
+        self._install(info, caller)
+
+    def _settle_staged(self) -> None:
+        """Add the plugins discovery staged, but none that claims an intent another one claims too.
+
+        Decided over all of them at once, so load order decides nothing: when every claimant
+        of a contested intent is refused, no intent of theirs goes free for a later plugin.
+        """
+        staged, self._staged = self._staged or [], None
+        claims: dict[str, list[str]] = {}
+        for info, _caller in staged:
+            for name in dict.fromkeys(it.name for it in info.intents):
+                claims.setdefault(name, []).append(info.name)
+        for info, caller in staged:
+            rivals = {it.name: [o for o in claims[it.name] if o != info.name] for it in info.intents}
+            contested = {name: others for name, others in rivals.items() if others}
+            if contested:
+                name, others = next(iter(contested.items()))
+                self._contested_intents.update(contested)
+                self._problem(LoadProblem(info.name, (
+                    f"intent {name!r} is also claimed by plugin {', '.join(repr(o) for o in others)}; neither is "
+                    "loaded: rename the intent or disable one plugin (KAREN_DISABLE_PLUGINS)"), info.distribution))
+            else:
+                self._guard(info.name, info.distribution, lambda i=info, c=caller: self._install(i, c))
+
+    def _install(self, info: PluginInfo, caller: pluggy.PluginManager | None) -> None:
         if info.name in self._plugins:
             other = self._plugins[info.name]
             raise ValueError(

@@ -171,3 +171,19 @@ def test_names_from_folders_and_manifests_cannot_forge_log_lines(tmp_path: Path,
     assert "a folder name with control characters cannot be a plugin name" in reasons
     for record in caplog.records:
         assert "\n" not in record.getMessage(), record.getMessage()
+
+
+def test_no_load_order_hands_a_contested_intent_to_anyone(tmp_path: Path, recorder) -> None:
+    """Refusing the claimants of one intent as they met freed the victim's other intents for a later plugin."""
+    good = (b'{"plugin_api_version": "1.0", "intent": %s, "enable_external_workflow": false, '
+            b'"required_roles": [], "trusted_ui": false, "name": "%s"}')
+    _folder(tmp_path, "a_c", good % (b'"victim.other"', b"helper"))
+    _folder(tmp_path, "b_a", good % (b'["victim.pay", "victim.other"]', b"victim"))
+    _folder(tmp_path, "c_b", good % (b'"victim.pay"', b"attacker"))
+    _folder(tmp_path, "d_ok", good % (b'"ok.run"', b"bystander"))
+    router = PluginRouter(settings(plugin_dir=str(tmp_path), load_plugins=["helper", "victim", "attacker", "bystander"]),
+                          executor=recorder)
+    assert names(router) == ["bystander"]
+    assert {p.plugin for p in router.problems} == {"helper", "victim", "attacker"}
+    with pytest.raises(PluginNotFound):
+        router.plugin_for_intent("victim.pay")
