@@ -17,6 +17,20 @@ _INTENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_SCHEMA_DEPTH = 64
 
 
+def _keywords(schema: Any) -> set[str]:
+    """Every key of every object in ``schema`` (bounded by its depth check before)."""
+    keys: set[str] = set()
+    stack = [schema]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            keys.update(k for k in v if isinstance(k, str))
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return keys
+
+
 class Intent(BaseModel):
     """One thing a plugin can do. ``params`` is a pydantic model class or a JSON Schema dict."""
 
@@ -48,6 +62,11 @@ class Intent(BaseModel):
             if v is not None and nesting(v, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
                 raise ValueError(f"the JSON Schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep; "
                                  "flatten it (or use $defs and $ref)")
+            if v is not None and {"unevaluatedProperties", "patternProperties"} <= _keywords(v):
+                # jsonschema matches patternProperties for unevaluatedProperties with re, outside the
+                # time budget the host gives every other pattern check (see _params)
+                raise ValueError("a params schema may not combine unevaluatedProperties with patternProperties; "
+                                 "use additionalProperties instead")
             return v
         if isinstance(v, type) and issubclass(v, BaseModel):
             return v

@@ -326,6 +326,10 @@ def test_a_params_schema_cannot_pin_the_hosts_cpu() -> None:
     with pytest.raises(InvalidParams, match="'b' does not match any of the regexes"):
         validate_params("p", closed, {"b": 1})
     assert validate_params("p", closed, {"aaa": 1}) == {"aaa": 1}
+    # unevaluatedProperties would match the patterns with re, outside the budget: refused up front
+    with pytest.raises(ValueError, match="may not combine unevaluatedProperties with patternProperties"):
+        Intent(name="u", params={"type": "object", "patternProperties": {"^(a|aa)+$": {}},
+                                 "unevaluatedProperties": False})
 
     uniq = Intent(name="u", params={"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}})
     t = time.monotonic()
