@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
@@ -17,18 +19,27 @@ class InMemoryBackend(MemoryBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[str, tuple[int, MemoryRecord, list[str]]]] = {}
+        self._ids: set[str] = set()  # every record id of every tenant (ids are unique across them)
         self._seq = 0
 
     def write_many(self, tenant_id: str, records: Sequence[MemoryRecord]) -> None:
         check_batch(tenant_id, records)
+        # Stored as what a real backend would store: the payload's JSON, as UTF-8 (a lone
+        # surrogate fails here as it does in SQLite), read back. The caller's own object is
+        # never kept, so changing it after the write changes nothing stored.
+        try:
+            stored = [replace(r, payload=json.loads(r.payload_json().encode("utf-8"))) for r in records]
+        except (UnicodeEncodeError, ValueError) as exc:
+            raise MemoryBackendError(f"memory write failed: {exc}") from None
         with self._lock:
-            ids = [r.id for r in records]
-            if len(set(ids)) != len(ids) or any(i in rows for rows in self._tenants.values() for i in ids):
+            ids = [r.id for r in stored]
+            if len(set(ids)) != len(ids) or any(i in self._ids for i in ids):
                 raise MemoryBackendError("memory write failed: a record id already exists")
             rows = self._tenants.setdefault(tenant_id, {})
-            for r in records:
+            for r in stored:
                 self._seq += 1
                 rows[r.id] = (self._seq, r, words(r.query))
+                self._ids.add(r.id)
 
     def read(
         self, tenant_id: str, query: str, *, user_id: str | None = None, limit: int = 5, now: float
@@ -64,6 +75,7 @@ class InMemoryBackend(MemoryBackend):
             if row is None or (user_id is not None and row[1].user_id != user_id):
                 return False
             del rows[record_id]
+            self._ids.discard(record_id)
             return True
 
     def list_by_user(self, tenant_id: str, user_id: str, *, limit: int = 50, now: float) -> list[MemoryRecord]:
@@ -80,6 +92,7 @@ class InMemoryBackend(MemoryBackend):
             for rows in self._tenants.values():
                 for rid in [rid for rid, (_, r, _) in rows.items() if r.is_expired(now)]:
                     del rows[rid]
+                    self._ids.discard(rid)
                     gone += 1
         return gone
 

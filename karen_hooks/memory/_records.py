@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -57,6 +58,10 @@ def clean_text(text: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"memory query text must be a str, got {type(text).__name__}")
     return _CONTROL.sub("", text)[:MAX_QUERY_LENGTH]
+
+
+#: The longest ``ttl_seconds`` a record may have (about 100 years).
+MAX_TTL_SECONDS = 100 * 365.25 * 86400
 
 
 def check_id(value: Any, what: str) -> str:
@@ -120,8 +125,17 @@ class MemoryRecord:
     ) -> MemoryRecord:
         """Build a validated record (ids checked, text cleaned, payload JSON-checked, TTL applied)."""
         created = time.time() if now is None else now
-        if ttl_seconds is not None and not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be a positive number of seconds, got {ttl_seconds!r}")
+        if ttl_seconds is not None:
+            # finite, and a real number: an infinite TTL was stored and then failed every read of it
+            # (not JSON), 10**400 was an OverflowError, and True was one second
+            try:
+                ttl = float(ttl_seconds)
+            except (TypeError, ValueError, OverflowError):
+                ttl = math.nan
+            if isinstance(ttl_seconds, bool) or not 0 < ttl <= MAX_TTL_SECONDS:
+                raise ValueError(f"ttl_seconds must be a number of seconds above 0 and at most {MAX_TTL_SECONDS:.0f} "
+                                 f"(100 years), got {ttl_seconds!r}")
+            ttl_seconds = ttl
         record = cls(
             tenant_id=check_id(tenant_id, "tenant_id"),
             user_id=check_id(user_id, "user_id"),
@@ -147,6 +161,8 @@ class MemoryRecord:
             return json.dumps(self.payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"memory payload must be JSON-serialisable: {exc}") from None
+        except RecursionError:
+            raise ValueError("memory payload nests too deeply to store") from None
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now

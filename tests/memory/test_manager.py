@@ -127,6 +127,17 @@ def test_ttl_and_payload_validation() -> None:
         m.write(ALICE, "x", 1, ttl_seconds=0)
     with pytest.raises(ValueError, match="JSON"):
         m.write(ALICE, "x", {1, 2})
+    # an infinite TTL was stored, then broke every read and list of the record (not JSON); 10**400 was an
+    # OverflowError; True was one second
+    for bad in (float("inf"), float("nan"), 10**400, True, "soon", 1e300):
+        with pytest.raises(ValueError, match="ttl_seconds must be a number of seconds"):
+            m.write(ALICE, "forever", 1, ttl_seconds=bad)
+    assert m.read(ALICE, "forever") == []  # nothing was stored
+    deep: object = 1
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nests too deeply"):
+        m.write(ALICE, "x", deep)
 
 
 def test_write_many() -> None:
@@ -388,3 +399,15 @@ def test_ids_that_are_not_text_are_refused_by_every_backend(tmp_path: Path) -> N
                 m.write(ctx, "q", 1)
         assert m.delete(alice, "x\udcff") is False
         assert [r.payload for r in m.read(alice, "hello")] == [1]
+
+
+def test_memory_backend_stores_what_a_database_would() -> None:
+    """memory:// kept the caller's own payload object: changing it after the write changed the record."""
+    m = mgr()
+    payload = {"v": 1}
+    m.write(ALICE, "kept", payload)
+    payload["v"] = 2
+    payload["bad"] = {1, 2}  # not even JSON any more
+    assert [r.payload for r in m.read(ALICE, "kept")] == [{"v": 1}]
+    with pytest.raises(MemoryBackendError):  # as SQLite and PostgreSQL refuse it
+        m.write(ALICE, "q", {"a": "\ud800"})
