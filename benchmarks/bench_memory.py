@@ -137,10 +137,14 @@ SQLITE_READ = (
 )
 
 
+# the hand-written baseline keys its index prefixes as the backend does (its own constant key)
+BARE_SECRET = bytes(16)
+
+
 def sqlite_rows(recs: list[MemoryRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     rows = [(r.id, r.tenant_id, r.user_id, r.query, json.dumps(r.payload), r.plugin, r.created_at, r.expires_at)
             for r in recs]
-    return rows, [(*index_terms(r), r.id) for r in recs]
+    return rows, [(*index_terms(r, BARE_SECRET), r.id) for r in recs]
 
 
 def bench_sqlite(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -188,7 +192,7 @@ def sqlite_bare(path: Path) -> dict[str, Callable[..., Any]]:
 
     def read(tenant: str, user: str, text: str) -> list[Any]:
         # the hand-written equivalent: quote each scope-prefixed word, same SQL, raw rows
-        return conn.execute(SQLITE_READ, (fts_match(tenant, user, tokenize(text)), tenant, user,
+        return conn.execute(SQLITE_READ, (fts_match(tenant, user, tokenize(text), BARE_SECRET), tenant, user,
                                           time.time())).fetchall()
 
     return {"write": write, "read": read, "close": conn.close}

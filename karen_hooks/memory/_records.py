@@ -73,20 +73,25 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
-def _key(*parts: str) -> str:
-    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()
+def _key(*parts: str, secret: bytes = b"") -> str:
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8, key=secret).hexdigest()
 
 
 @functools.lru_cache(maxsize=4096)
-def scope_keys(tenant_id: str, user_id: str | None) -> tuple[str, str | None]:
+def scope_keys(tenant_id: str, user_id: str | None, secret: bytes = b"") -> tuple[str, str | None]:
     """The prefixes that make a word's index entry private to a tenant, and to one user of it.
 
     The SQL backends index each stored word twice, as ``<tenant key><word>``
     and ``<tenant+user key><word>``, so a search walks only the postings of
     its own tenant (or user). A hash collision could only widen the candidate
     set: every query also filters on the exact ``tenant_id`` (and ``user_id``).
+
+    SQLite keys them with a secret of its own file (``secret``): its tokenizer can split a
+    stored word where this module does not, and with a prefix anyone can compute, a tenant
+    could then place index entries in another tenant's scope.
     """
-    return "t" + _key(tenant_id), None if user_id is None else "u" + _key(tenant_id, user_id)
+    return ("t" + _key(tenant_id, secret=secret),
+            None if user_id is None else "u" + _key(tenant_id, user_id, secret=secret))
 
 
 def new_id() -> str:

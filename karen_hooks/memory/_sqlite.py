@@ -13,6 +13,7 @@ term statistics bm25 uses are per tenant or per user.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from .._errors import MemoryBackendError
 from ._backend import MemoryBackend, check_batch, check_limit
 from ._records import MemoryRecord, scope_keys, tokenize, words
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS memories (
@@ -47,19 +48,25 @@ CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
 );
 """
 
+# v2: the scope prefixes are keyed with a secret of the file's own (see scope_keys), and
+# opening a v1 file re-indexes it with them
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS memory_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
 _COLUMNS = "m.id, m.tenant_id, m.user_id, m.query, m.payload, m.plugin, m.created_at, m.expires_at"
 
 
-def index_terms(record: MemoryRecord) -> tuple[str, str]:
+def index_terms(record: MemoryRecord, secret: bytes) -> tuple[str, str]:
     """The two FTS column values of a record (deterministic: also used to un-index it)."""
-    tk, uk = scope_keys(record.tenant_id, record.user_id)
+    tk, uk = scope_keys(record.tenant_id, record.user_id, secret)
     ws = words(record.query)
     return " ".join(tk + w for w in ws), " ".join(f"{uk}{w}" for w in ws)
 
 
-def fts_match(tenant_id: str, user_id: str | None, query_words: list[str]) -> str:
+def fts_match(tenant_id: str, user_id: str | None, query_words: list[str], secret: bytes) -> str:
     """The FTS5 MATCH expression: any of the (quoted, scope-prefixed) words in the scope's column."""
-    tk, uk = scope_keys(tenant_id, user_id)
+    tk, uk = scope_keys(tenant_id, user_id, secret)
     column, key = ("tenant_terms", tk) if uk is None else ("user_terms", uk)
     quoted = " OR ".join('"' + (key + w).replace('"', '""') + '"' for w in query_words)
     return f"{column} : ({quoted})"
@@ -111,9 +118,25 @@ class SQLiteBackend(MemoryBackend):
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version < SCHEMA_VERSION:
                     _run_script(conn, _SCHEMA_V1)
+                    _run_script(conn, _SCHEMA_V2)
+                    conn.execute("INSERT OR IGNORE INTO memory_meta VALUES ('scope_secret', ?)",
+                                 (secrets.token_hex(16),))
+                self._secret = bytes.fromhex(conn.execute(
+                    "SELECT value FROM memory_meta WHERE name = 'scope_secret'").fetchone()[0])
+                if version < SCHEMA_VERSION:
+                    if version == 1:  # indexed with unkeyed prefixes: index it again
+                        self._reindex(conn)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise MemoryBackendError(f"cannot open the SQLite memory at {str(self.path)!r}: {exc}") from exc
+
+    def _reindex(self, conn: sqlite3.Connection) -> None:
+        """Rebuild the text index with this file's keyed prefixes (opening a version 1 file)."""
+        conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('delete-all')")
+        rows = conn.execute("SELECT pk, id, tenant_id, user_id, query FROM memories").fetchall()
+        conn.executemany("INSERT INTO memories_fts (rowid, tenant_terms, user_terms) VALUES (?, ?, ?)", [
+            (pk, *index_terms(MemoryRecord(id=rid, tenant_id=t, user_id=u, query=q, payload=None), self._secret))
+            for pk, rid, t, u, q in rows])
 
     # -- connections --------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -154,7 +177,7 @@ class SQLiteBackend(MemoryBackend):
             (r.id, r.tenant_id, r.user_id, r.query, r.payload_json(), r.plugin, r.created_at, r.expires_at)
             for r in records
         ]
-        terms = [(*index_terms(r), r.id) for r in records]
+        terms = [(*index_terms(r, self._secret), r.id) for r in records]
         try:
             with self._tx() as conn:
                 conn.executemany(_INSERT, rows)
@@ -176,7 +199,7 @@ class SQLiteBackend(MemoryBackend):
                 " AND (m.expires_at IS NULL OR m.expires_at > ?)"
                 " ORDER BY bm25(memories_fts), m.created_at DESC, m.pk DESC LIMIT ?"
             )
-            args: tuple[Any, ...] = (fts_match(tenant_id, user_id, query_words), tenant_id, *user_args, now, limit)
+            args: tuple[Any, ...] = (fts_match(tenant_id, user_id, query_words, self._secret), tenant_id, *user_args, now, limit)
         else:
             sql = (
                 f"SELECT {_COLUMNS} FROM memories m WHERE m.tenant_id = ?{user_sql}"
@@ -208,7 +231,7 @@ class SQLiteBackend(MemoryBackend):
                 unindex = []
                 for pk, rid, tenant, user, query in found:
                     rec = MemoryRecord(id=rid, tenant_id=tenant, user_id=user, query=query, payload=None)
-                    unindex.append((pk, *index_terms(rec)))
+                    unindex.append((pk, *index_terms(rec, self._secret)))
                 conn.executemany(_UNINDEX, unindex)
                 conn.executemany("DELETE FROM memories WHERE pk = ?", [(u[0],) for u in unindex])
                 return len(found)

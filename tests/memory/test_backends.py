@@ -107,7 +107,48 @@ def test_sqlite_delete_and_purge_remove_index_entries(tmp_path: Path) -> None:
     conn = b._conn()
     for user in ("u", None):
         hits = conn.execute("SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?",
-                            (fts_match("t", user, ["zebra"]),)).fetchall()
+                            (fts_match("t", user, ["zebra"], b._secret),)).fetchall()
         assert len(hits) == 1  # only `keep` is still indexed, in both scopes
     conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('integrity-check', 0)")
+    b.close()
+
+
+def test_sqlite_index_prefixes_are_keyed_so_no_tenant_can_write_into_anothers_scope(tmp_path: Path) -> None:
+    """FTS5 splits words at some characters Python counts as letters (U+19B0...). With prefixes anyone
+    could compute, tenant B's text put index entries in tenant A's scope, skewing A's ranking."""
+    from karen_hooks.memory._records import scope_keys
+
+    b = SQLiteBackend(tmp_path / "m.db")
+    b.write_many("A", [MemoryRecord.create("A", "alice", "secret report quarterly", 1, now=1.0)])
+    forged = "z\u19b0" + scope_keys("A", "alice")[1] + "secret"  # the prefix as anyone can compute it
+    b.write_many("B", [MemoryRecord.create("B", "bob", forged, 2, now=1.0) for _ in range(50)])
+    conn = b._conn()
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS v USING fts5vocab(memories_fts, 'row')")
+    real = scope_keys("A", "alice", b._secret)[1] + "secret"
+    assert conn.execute("SELECT doc FROM v WHERE term = ?", (real,)).fetchone() == (1,)  # A's own record only
+    assert real != scope_keys("A", "alice")[1] + "secret"
+    b.close()
+
+
+def test_a_version_1_sqlite_file_is_reindexed_with_keyed_prefixes(tmp_path: Path) -> None:
+    from karen_hooks.memory._sqlite import index_terms
+
+    path = tmp_path / "old.db"
+    b = SQLiteBackend(path)
+    recs = [MemoryRecord.create("t", "u", f"zebra number {i}", i, now=1.0) for i in range(20)]
+    b.write_many("t", recs)
+    conn = b._conn()
+    # turn it into what version 1 wrote: unkeyed prefixes, no secret, user_version 1
+    conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('delete-all')")
+    for pk, rid in conn.execute("SELECT pk, id FROM memories").fetchall():
+        rec = next(r for r in recs if r.id == rid)
+        conn.execute("INSERT INTO memories_fts (rowid, tenant_terms, user_terms) VALUES (?, ?, ?)",
+                     (pk, *index_terms(rec, b"")))
+    conn.execute("DROP TABLE memory_meta")
+    conn.execute("PRAGMA user_version = 1")
+    b.close()
+    b = SQLiteBackend(path)
+    assert b._conn().execute("PRAGMA user_version").fetchone() == (2,)
+    assert len(b.read("t", "zebra", user_id="u", limit=100, now=2.0)) == 20
+    assert len(b.read("t", "zebra", limit=100, now=2.0)) == 20
     b.close()
