@@ -31,8 +31,17 @@ MAX_COMPONENT_CHARS = 64_000
 
 Scalar = StrictStr | int | float | StrictBool | None
 
-_TAG = re.compile(r"<\s*/?\s*[A-Za-z!?]|<\s*/\s*>|&#|&[A-Za-z]+;")
-_SCRIPT_URL = re.compile(r"^\s*(javascript|vbscript|data|file)\s*:", re.IGNORECASE)
+# (one optional "/" between the spaces: "<\s*/?\s*" backtracked quadratically on "<" and 60k spaces)
+_TAG = re.compile(r"<\s*(?:/\s*)?[A-Za-z!?]|<\s*/\s*>|&#|&[A-Za-z]+;")
+# A script URL anywhere in a string (an href inside html, a markdown link), once what browsers
+# strip from URLs is gone: controls, whitespace ("java\tscript:", "\x01javascript:").
+_URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
+# (data: and file: only where they look like URLs, so that "Totals, data: 42" stays text)
+_SCRIPT_URL = re.compile(r"(?<![a-z0-9+.\-])(?:(?:javascript|vbscript):|data:(?:[a-z]+/|[;,])|file:/)")
+
+
+def _has_script_url(text: str) -> bool:
+    return _SCRIPT_URL.search(_URL_NOISE.sub("", text).lower()) is not None
 
 
 class _Strict(BaseModel):
@@ -99,6 +108,8 @@ class UIComponent(_Strict):
             for i, row in enumerate(self.rows):
                 if len(row) != len(self.columns):
                     raise ValueError(f"rows[{i}] has {len(row)} cells but there are {len(self.columns)} columns")
+        if self.url is not None and not self.url.lower().startswith(("https://", "http://")):
+            raise ValueError("'url' must be an absolute http:// or https:// URL")
         if self.type == "image":
             if not self.url or not self.url.lower().startswith("https://"):
                 raise ValueError("an image needs an https:// 'url'")
@@ -166,7 +177,7 @@ def validate_component(data: Any, plugin: str, allow_html: bool = False) -> dict
     out = component.model_dump(mode="json", exclude_defaults=True)
     out["type"] = component.type
     for path, s in _walk_strings(out, "component"):
-        if _SCRIPT_URL.match(s):
+        if _has_script_url(s):
             raise InvalidResult(plugin, f"UI component {path} holds a script/data URL, which is never allowed")
         if not allow_html and _TAG.search(s):
             raise InvalidResult(

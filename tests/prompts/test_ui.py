@@ -95,3 +95,26 @@ def test_a_component_nested_past_the_recursion_limit_is_invalid_result() -> None
         d = {"type": "card", "children": [d]}
     with pytest.raises(InvalidResult, match="nests too deeply"):
         validate_component(d, "p")
+
+
+@pytest.mark.parametrize(("component", "allow_html"), [
+    ({"type": "text", "html": '<a href="javascript:alert(1)">x</a>'}, True),  # never, even with raw HTML allowed
+    ({"type": "text", "text": "\x01javascript:alert(1)"}, False),  # browsers strip leading controls
+    ({"type": "text", "text": "see [here](javascript:alert(1))"}, False),  # a markdown link
+    ({"type": "text", "text": "x", "url": "java\tscript:alert(1)"}, False),  # and tabs inside
+    ({"type": "text", "text": "x", "url": "data:text/html,<script>"}, True),
+])
+def test_script_urls_are_refused_wherever_they_stand(component: dict, allow_html: bool) -> None:
+    """Only a string *starting* with a script URL was refused (and 'url' was unchecked outside images)."""
+    with pytest.raises(InvalidResult):
+        validate_component(component, "p", allow_html=allow_html)
+
+
+def test_text_that_merely_mentions_data_or_files_is_fine_and_the_tag_check_is_linear() -> None:
+    import time
+
+    assert validate_component({"type": "text", "text": "Totals, data: 42; your file: a.pdf"}, "p")
+    t = time.perf_counter()  # "<" and 60,000 spaces took 39 s: the tag pattern backtracked quadratically
+    validate_component({"type": "card", "actions": [{"label": "x", "intent": "a",
+                                                      "params": {"p": "<" + " " * 63_000 + "0"}}]}, "p")
+    assert time.perf_counter() - t < 1
