@@ -125,7 +125,14 @@ class UserContext:
     def parse(cls, raw: Any) -> UserContext:
         """Validate a ``user_ctx`` mapping; raise :class:`InvalidUserContext` naming each bad field."""
         if isinstance(raw, UserContext):
-            return raw
+            # built directly by the application, not through parse: checked by the same rules
+            # (roles={"ops": False} would otherwise grant "ops", and "ops" the roles o, p, s)
+            roles = raw.roles
+            if (type(raw.user_id) is str and raw.user_id and type(roles) is list
+                    and all(type(r) is str for r in roles)
+                    and (raw.tenant_id is None or type(raw.tenant_id) is str)):
+                return raw
+            raw = {"user_id": raw.user_id, "roles": roles, "tenant_id": raw.tenant_id}
         if type(raw) is dict:  # the fast check: the common well-formed dict
             uid, roles, tenant = raw.get("user_id"), raw.get("roles", []), raw.get("tenant_id")
             if type(uid) is str and uid and type(roles) is list and (tenant is None or type(tenant) is str):

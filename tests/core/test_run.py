@@ -17,6 +17,7 @@ from karen_hooks import (
     PluginManager,
     PluginNotFound,
     PluginRouter,
+    UserContext,
 )
 
 from .conftest import USER, settings
@@ -83,6 +84,10 @@ def test_concurrent_calls_keep_their_own_output(manager) -> None:
         ({"user_id": "u", "roles": ["user"], "tenant_id": ["a"]}, "tenant_id"),
         ({"user_id": "", "roles": []}, "user_id"),
         (None, "user_ctx must be a dict"),
+        # a UserContext the application built itself is checked the same way: a dict of roles granted its keys
+        (UserContext("u", {"admin": False}), "roles: Input should be a valid list"),  # type: ignore[arg-type]
+        (UserContext("u", "admin"), "roles: Input should be a valid list"),  # type: ignore[arg-type]
+        (UserContext("u", None), "roles: Input should be a valid list"),  # type: ignore[arg-type]
     ],
 )
 def test_user_ctx_is_validated_before_anything_runs(manager, user_ctx, problem) -> None:
