@@ -92,6 +92,7 @@ SAFE_FILTERS = frozenset(
     }
 )  # fmt: skip
 
+_NUMBER_ATTRS = frozenset({"real", "imag", "numerator", "denominator", "is_integer", "bit_length", "conjugate"})
 _HOST_NAMES = ("_karen_iter", "_karen_concat")
 _PCT_SPEC = re.compile(r"%(?:\([^)]*\))?([#0\- +]*)(\*|\d+)?(?:\.(\*|\d+))?")
 
@@ -193,7 +194,9 @@ class KarenSandbox(ImmutableSandboxedEnvironment):
         self.deadline = time.monotonic() + MAX_SECONDS
         self.globals.clear()
         self.globals.update(
-            {"range": self._range, "dict": dict, "_karen_iter": self._iter, "_karen_concat": self._concat}
+            # dict is a function that builds one, not the type: dict.update(params, ...) on the type
+            # mutated the caller's data past the immutable sandbox (which checks instances only)
+            {"range": self._range, "dict": self._dict, "_karen_iter": self._iter, "_karen_concat": self._concat}
         )
         self.filters = {k: v for k, v in self.filters.items() if k in SAFE_FILTERS}
         self.filters.update(self._capped_filters())
@@ -215,6 +218,11 @@ class KarenSandbox(ImmutableSandboxedEnvironment):
         if len(rng) > MAX_RANGE:
             raise _LimitError(f"range() of {len(rng)} items is above the {MAX_RANGE} item cap")
         return rng
+
+    def _dict(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        made = dict(*args, **kwargs)
+        self._check_weight(made, "a dict()")
+        return made
 
     def _iter(self, iterable: Any) -> Iterator[Any]:
         for item in iterable:
@@ -264,19 +272,38 @@ class KarenSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def _check_percent(self, fmt: str, args: Any) -> None:
-        for m in _PCT_SPEC.finditer(fmt):
+        padding = 0  # every field's width (and precision) together, not each alone: 15,000 fields of
+        for m in _PCT_SPEC.finditer(fmt):  # 199,999 each were a 3 GB result
             for n in (m.group(2), m.group(3)):
                 if n == "*":
                     raise _LimitError("'*' widths in %-formatting are not allowed")
-                if n and int(n) > self.max_output:
-                    raise _LimitError(f"a %-format width of {n} is above the cap")
-        self._check_size(len(fmt) + _weight(args, self.max_output), "a %-format result")
+                if n:
+                    padding += int(n)
+                    if padding > self.max_output:
+                        raise _LimitError(f"%-format widths adding up to {padding} are above the cap")
+        self._check_size(len(fmt) + padding + _weight(args, self.max_output), "a %-format result")
 
     # -- attributes and calls ----------------------------------------------
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, str) and attr not in STR_METHODS:
             return False
+        # bytes have str's methods without their caps (b.center(3e9)), and int.to_bytes(4e9) builds
+        # gigabytes: no bytes at all, and of numbers only what reads a value
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return False
+        if isinstance(obj, (int, float, complex)) and attr not in _NUMBER_ATTRS:
+            return False
         return super().is_safe_attribute(obj, attr, value)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if obj == self._dict:  # the dict global builds a dict; the type's methods are not offered
+            raise SecurityError(f"dict.{attribute} is not allowed in prompt templates; dict(...) builds a new dict")
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if obj == self._dict:
+            raise SecurityError(f"dict[{argument!r}] is not allowed in prompt templates; dict(...) builds a new dict")
+        return super().getitem(obj, argument)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is not allowed")

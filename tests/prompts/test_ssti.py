@@ -171,3 +171,27 @@ def test_included_templates_are_checked_too(tmp_path: object) -> None:
         fh.write("{{ ''.__class__.__mro__ }}")
     with pytest.raises(TemplateSecurityError):
         render_template("{% include 'evil.j2' %}", {}, template_root=root)
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ('%(a)199999s' * 15000) % {'a': 1} }}",  # each width under the cap, together 3 GB
+    "{{ (0).to_bytes(4000000000, 'big')|length }}",  # int methods are not str's, and had no cap
+    "{% set b = (0).bit_length() %}{{ b.to_bytes(10, 'big') }}",
+])
+def test_memory_bombs_outside_str_methods_are_refused(template: str) -> None:
+    t = time.monotonic()
+    with pytest.raises((TemplateSecurityError, TemplateError)):
+        render_template(template, {})
+    assert time.monotonic() - t < 1  # refused before anything was built
+
+
+def test_the_dict_global_cannot_mutate_the_callers_data() -> None:
+    """dict.update(cfg, ...) on the type passed the immutable sandbox, which checks instances only."""
+    v = {"params": {"a": 1}, "cfg": {"x": 1}}
+    for template in ("{% set z = dict.update(cfg, {'x': 'pwned'}) %}{{ cfg.x }}", "{{ dict.clear(params) }}",
+                     "{{ dict['update'](cfg, {}) }}"):
+        with pytest.raises(TemplateSecurityError):
+            render_template(template, v)
+    assert v == {"params": {"a": 1}, "cfg": {"x": 1}}
+    assert render_template("{{ dict(a=1, b=2)|length }}", {}) == "2"  # building one still works
+    assert render_template("{{ (7).bit_length() }} {{ (2.5).is_integer() }}", {}) == "3 False"
