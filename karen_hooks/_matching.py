@@ -58,6 +58,10 @@ class IntentMatcher(Protocol):
     def match(self, text: str, intents: Sequence[Intent], limit: int) -> list[tuple[str, float]]: ...
 
 
+#: How much of a text intent matching reads (an utterance is far shorter).
+MAX_QUERY_CHARS = 2000
+
+
 class BM25Matcher:
     """Okapi BM25 over each intent's examples, name and description.
 
@@ -104,7 +108,9 @@ class BM25Matcher:
     def match(self, text: str, intents: Sequence[Intent], limit: int = 5) -> list[tuple[str, float]]:
         """Rank ``intents`` for ``text``: ``[(intent_name, score)]``, best first, at most ``limit``."""
         self._index(intents)
-        terms = set(tokenize(text))
+        # An utterance, not a document: the work grows with intents x distinct words, and a
+        # megabyte of text took seconds of the event loop. Its first MAX_QUERY_CHARS decide.
+        terms = set(tokenize(text[:MAX_QUERY_CHARS]))
         if not terms or not self._docs:
             return []
         idf = {t: self.idf(t) for t in terms}
