@@ -26,21 +26,30 @@ _STOP_WAIT = 0.5  # longest wait for every thread to stop (they are interrupted 
 
 
 class IdlePauser:
-    """One daemon thread that calls ``worker.pause_if_idle(generation)`` when a worker's idle time is up."""
+    """One daemon thread that calls ``worker.pause_if_idle()`` when a worker may have gone idle.
+
+    At most one entry per worker is queued: a warm worker serving calls back to back
+    would otherwise queue one per call (and the thread would spend its time on them).
+    ``pause_if_idle`` itself checks that the worker has really been idle long enough,
+    and schedules again if not.
+    """
 
     def __init__(self, after: float = PAUSE_AFTER) -> None:
         self.after = after
         self._cond = threading.Condition()
-        self._due: list[tuple[float, int, Any, int]] = []  # (when, tie-break, worker, its generation then)
+        self._due: list[tuple[float, int, Any]] = []  # (when, tie-break, worker)
+        self._queued: set[int] = set()  # id() of every worker in _due
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def schedule(self, worker: Any, generation: int) -> None:
+    def schedule(self, worker: Any, delay: float | None = None) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or id(worker) in self._queued:
                 return
-            heapq.heappush(self._due, (time.monotonic() + self.after, next(self._seq), worker, generation))
+            self._queued.add(id(worker))
+            when = time.monotonic() + (self.after if delay is None else delay)
+            heapq.heappush(self._due, (when, next(self._seq), worker))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="karen-sandbox-pauser", daemon=True)
                 self._thread.start()
@@ -50,6 +59,7 @@ class IdlePauser:
         with self._cond:
             self._closed = True
             self._due.clear()
+            self._queued.clear()
             self._cond.notify()
 
     def _loop(self) -> None:
@@ -59,9 +69,10 @@ class IdlePauser:
                     self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
                 if self._closed:
                     return
-                _when, _seq, worker, generation = heapq.heappop(self._due)
+                _when, _seq, worker = heapq.heappop(self._due)
+                self._queued.discard(id(worker))
             try:
-                worker.pause_if_idle(generation)
+                worker.pause_if_idle()
             except Exception:  # noqa: BLE001 - a worker that cannot be paused retires itself
                 pass
 

@@ -16,7 +16,7 @@ from .._executor import CallOutcome, MemoryBridge
 from .._models import PluginSpec
 from . import _slots
 from ._call import _Channel, _drive, _Exchange, _fail, _from_reply
-from ._pause import pause, resume
+from ._pause import PAUSE_AFTER, pause, resume
 from ._protocol import encode
 from ._slots import _Slot
 from ._tree import remove_tree
@@ -52,7 +52,7 @@ class _Worker:
         self.first = first
         self.pre = b""  # frames the child reads before its first request (env, when spawned by the zygote)
         self.paused = 0  # the pid of this warm worker while it is stopped between calls
-        self.generation = 0  # counts calls; an idle pause applies only if none came since
+        self.idle_since = 0.0  # when this warm worker's last call ended
         self.started = False
         try:
             self._start(settings)
@@ -128,7 +128,6 @@ class _Worker:
         self.calls += 1
         inline, self.first = self.first, None
         cg = self.slot.cg
-        self.generation += 1  # a pause scheduled after the last call no longer applies
         if self.paused:  # a warm worker, stopped since it went idle
             resume(self.paused)
             self.paused = 0
@@ -148,7 +147,8 @@ class _Worker:
             elif self.mode == "warm":
                 # nothing the call started may run on while no call is active, even though the
                 # worker stays: once idle for a moment it is stopped, the rest of the call killed
-                self.ex._pauser.schedule(self, self.generation)
+                self.idle_since = time.monotonic()
+                self.ex._pauser.schedule(self)
             try:
                 result = _from_reply(self.spec.name, ex.reply, ex, hit)
             except BaseException:
@@ -170,15 +170,20 @@ class _Worker:
         self.retire(reason=_kill_reason(ex, err))
         raise err
 
-    def pause_if_idle(self, generation: int) -> None:
-        """Stop this warm worker if no call has used it since ``generation`` (see :mod:`._pause`)."""
+    def pause_if_idle(self) -> None:
+        """Stop this warm worker if it has been idle for ``PAUSE_AFTER`` (see :mod:`._pause`)."""
+        if self.dead or self.paused:
+            return
         if not self.lock.acquire(blocking=False):
-            # a call has it (a new one, or the one that scheduled this pause, still returning):
-            # try again; a new call's generation makes the retry a no-op
-            self.ex._pauser.schedule(self, generation)
+            # a call has it (a new one, or the one that scheduled this, still returning): try again
+            self.ex._pauser.schedule(self)
             return
         try:
-            if self.dead or self.paused or generation != self.generation:
+            if self.dead or self.paused:
+                return
+            waited = time.monotonic() - self.idle_since
+            if waited < PAUSE_AFTER:  # a call came and went since this was scheduled
+                self.ex._pauser.schedule(self, PAUSE_AFTER - waited)
                 return
             worker = self.zyg.wait_for(self.id, "started", 0)
             if worker is not None and pause(int(worker["pid"]), self.slot.cg):
