@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
 
 from ._models import Intent, LoadProblem, PluginSpec
+from ._text import escape_controls
 
 MANIFEST = "plugin_manifest.json"
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 #: A manifest is a small JSON object; a larger file is refused before the host reads it all.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -175,7 +175,7 @@ def load_directory_plugin(folder: Path, category: str | None) -> DirectoryPlugin
     name: str = guess
     if isinstance(raw, dict) and isinstance(raw.get("name"), str) and _PLUGIN_NAME.match(raw["name"]):
         name = raw["name"]
-    elif _CONTROL_CHARS.search(guess) and not (isinstance(raw, dict) and "name" in raw):
+    elif escape_controls(guess) != guess and not (isinstance(raw, dict) and "name" in raw):
         # a folder's name is the plugin's name unless the manifest gives one; it goes into logs
         return LoadProblem(guess.encode("unicode_escape").decode(), f"{folder!r}: a folder name with control "
                            "characters cannot be a plugin name; rename the folder or set \"name\" in the manifest")

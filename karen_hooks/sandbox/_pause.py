@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any
 
+from ._layers import proc_stat
+
 #: how long a warm worker may run on after its call before it is stopped
 PAUSE_AFTER = 0.005
 _STOP_WAIT = 0.5  # longest wait for every thread to stop (they are interrupted at once)
@@ -122,13 +124,12 @@ def _stopped(pid: int, deadline: float) -> bool:
     """Whether every thread of ``pid`` is stopped (state T) before ``deadline``."""
     while True:
         try:
-            states = []
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
-                    states.append(fh.read().rsplit(b") ", 1)[1][:1])
-        except (OSError, IndexError):
+            stats = [proc_stat(f"{pid}/task/{tid}") for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
             return False
-        if all(s in (b"T", b"t") for s in states):
+        if any(st is None for st in stats):
+            return False
+        if all(st is not None and st[0] in ("T", "t") for st in stats):
             return True
         if time.monotonic() > deadline:
             return False
@@ -156,12 +157,4 @@ def _descendants(pid: int) -> list[int]:
                 continue
             found.extend(kids)
             todo.extend(kids)
-    return [p for p in found if not _zombie(p)]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b") ", 1)[1][:1] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True  # gone
+    return [p for p in found if (st := proc_stat(p)) is not None and st[0] not in ("Z", "X")]
