@@ -386,8 +386,11 @@ def test_seccomp_is_loaded_once_in_the_zygote_and_inherited(executor, layers):
     assert standby
     for pid in standby:
         with contextlib.suppress(FileNotFoundError):  # taken by a concurrent call meanwhile
-            st = _proc_status(pid)
-            # the zygote's filter, inherited, and the children's own small one (sendmsg): not the big one twice
+            # the zygote's filter, inherited, and the children's own small one (sendmsg), which a
+            # standby loads right after it is forked: wait for it, then never the big one twice
+            deadline = time.monotonic() + 3
+            while (st := _proc_status(pid))["Seccomp_filters"] == "1" and time.monotonic() < deadline:
+                time.sleep(0.005)
             assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "2"
 
 
